@@ -1,0 +1,95 @@
+"""Run identity, run folders, manifests and atomic writes.
+
+Every file a run leaves is written to a temporary name in the same folder and renamed into place, so a
+reader (or a killed writer) never sees a half-written file.
+"""
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import yaml
+
+
+def _atomic_write_bytes(path, data):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    _atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+def atomic_write_parquet(path, frame):
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_torch_save(path, obj):
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def run_id(resolved_config: dict) -> str:
+    """Short hash of the resolved config, without the keys that do not change results."""
+    ident = {k: v for k, v in resolved_config.items() if k not in ("out",)}
+    ident["train"] = {k: v for k, v in ident.get("train", {}).items() if k not in ("device", "threads", "progress")}
+    text = yaml.safe_dump(ident, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def versions():
+    import numpy
+    import torch
+    return dict(python=platform.python_version(), torch=torch.__version__, numpy=numpy.__version__,
+                platform=platform.platform(), argv=" ".join(sys.argv))
+
+
+class RunDir:
+    """A run's folder: config.yaml, manifest.json, metrics.parquet, probes.parquet, predictions/, checkpoints."""
+
+    def __init__(self, path):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+
+    def file(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    def manifest(self):
+        try:
+            with open(self.file("manifest.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def update_manifest(self, **fields):
+        m = self.manifest()
+        m.update(fields)
+        m["updated"] = time.time()
+        atomic_write_json(self.file("manifest.json"), m)
+        return m
+
+    def write_config(self, resolved):
+        atomic_write_text(self.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
