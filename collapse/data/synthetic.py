@@ -227,7 +227,8 @@ def render(seed, split, index):
                 kps += [0, 0, 0]
                 continue
             visible = int(idarr[yi, xi]) in own[k] and not (p["facing"] < 0 and k in (NOSE, LEYE, REYE))
-            kps += [round(float(x), 2), round(float(y), 2), 2 if visible else 1]
+            # +0.5: PIL draws pixel k's centre at k; COCO coordinates put it at k + 0.5
+            kps += [round(float(x) + 0.5, 2), round(float(y) + 0.5, 2), 2 if visible else 1]
         anns.append(dict(bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)], area=float(area),
                          keypoints=kps, num_keypoints=sum(1 for v in kps[2::3] if v > 0), iscrowd=0,
                          category_id=1))

@@ -1,0 +1,109 @@
+"""Batched affine views on the device.
+
+Coordinates are continuous pixel coordinates everywhere (pixel k covers [k, k+1), its centre is k+0.5),
+the convention of COCO boxes and of `grid_sample(..., align_corners=False)`, which is the one choice used
+throughout. A view is a (B, 3, 3) matrix mapping source pixels to view pixels. Views are built in
+pixel space, so a rotation is a true rotation on non-square crops (the original code rotated in
+normalised coordinates, which shears 3:4 crops; see README, Design).
+
+easy view   A_e = E o base           (E: rotation, scale, horizontal flip about the crop centre)
+hard view   A_h = X o A_e            (X: an extra rotation + scale, no flip)
+transport   X carries a heatmap predicted on the easy view into the hard view's frame.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .data.skeleton import FLIP_INDEX
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
+STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+
+
+def translate(tx, ty):
+    m = torch.eye(3, device=tx.device).repeat(len(tx), 1, 1)
+    m[:, 0, 2], m[:, 1, 2] = tx, ty
+    return m
+
+
+def about_centre(rotation_deg, scale, flip, hw):
+    """(B,3,3): rotate by `rotation_deg`, shrink content by `scale`, mirror where `flip`, about the centre."""
+    h, w = hw
+    rad = rotation_deg * (math.pi / 180)
+    cos, sin = torch.cos(rad) / scale, torch.sin(rad) / scale
+    sign = 1 - 2 * flip.to(cos.dtype)
+    lin = torch.zeros(len(cos), 3, 3, device=cos.device)
+    lin[:, 0, 0], lin[:, 0, 1] = cos * sign, -sin
+    lin[:, 1, 0], lin[:, 1, 1] = sin * sign, cos
+    lin[:, 2, 2] = 1
+    c = torch.full_like(cos, 1.0)
+    return translate(c * w / 2, c * h / 2) @ lin @ translate(-c * w / 2, -c * h / 2)
+
+
+def store_to_input(n, store_hw, input_hw, device):
+    """The fixed map from a stored crop to the centred input crop: stores keep the input's pixel
+    density and add a margin on every side, so it is a pure shift."""
+    (hs, ws), (h, w) = store_hw, input_hw
+    one = torch.ones(n, device=device)
+    return translate(one * (w - ws) / 2, one * (h - hs) / 2)
+
+
+def transform_points(A, pts):
+    """Apply (B,3,3) to points (B,J,2)."""
+    return pts @ A[:, :2, :2].transpose(1, 2) + A[:, None, :2, 2]
+
+
+def _normaliser(hw, device):
+    h, w = hw
+    return torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], device=device)
+
+
+def warp(x, A, out_hw):
+    """Resample images or heatmaps x (B,C,H,W) into the frame of A (source pixels -> output pixels)."""
+    n_src, n_out = _normaliser(x.shape[-2:], x.device), _normaliser(out_hw, x.device)
+    theta = n_src @ torch.linalg.inv(A) @ torch.linalg.inv(n_out)
+    grid = F.affine_grid(theta[:, :2].to(x.dtype), (len(x), x.shape[1], *out_hw), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def swap_flipped(t, flip):
+    """Reorder joint channels (dim 1) of the samples that were mirrored, so channel j is joint j again."""
+    index = torch.tensor(FLIP_INDEX, device=t.device)
+    return torch.where(flip.view(-1, *([1] * (t.dim() - 1))), t[:, index], t)
+
+
+def normalise(crops_u8):
+    """uint8 (B,H,W,3) on the device -> float (B,3,H,W), ImageNet-normalised (padding 0 = mean colour)."""
+    x = crops_u8.permute(0, 3, 1, 2).float()
+    return (x - MEAN.to(x.device).view(1, 3, 1, 1)) / STD.to(x.device).view(1, 3, 1, 1)
+
+
+class ViewMaker:
+    """Draws per-sample view parameters with a seeded generator and builds the matrices."""
+
+    def __init__(self, aug, input_hw, generator):
+        self.aug, self.hw, self.gen = aug, tuple(input_hw), generator
+
+    def _rotation(self, n, factor, prob, device):
+        r = (torch.randn(n, generator=self.gen) * factor).clamp(-2 * factor, 2 * factor)
+        keep = torch.rand(n, generator=self.gen) < prob
+        return torch.where(keep, r, torch.zeros_like(r)).to(device)
+
+    def _scale(self, n, factor, device):
+        return (1 + torch.randn(n, generator=self.gen) * factor).clamp(1 - factor, 1 + factor).to(device)
+
+    def easy(self, n, device):
+        """(matrix in the input frame, flip mask): the paper's easy augmentation."""
+        a = self.aug
+        rot = self._rotation(n, a.rotation, a.rot_prob, device)
+        scale = self._scale(n, a.scale, device)
+        flip = (torch.rand(n, generator=self.gen) < a.flip).to(device)
+        return about_centre(rot, scale, flip, self.hw), flip
+
+    def extra(self, n, device):
+        """The extra affine that turns an easy view into a hard one (no flip)."""
+        a = self.aug
+        rot = self._rotation(n, a.hard_rotation, a.hard_rot_prob, device)
+        scale = self._scale(n, a.hard_scale, device)
+        return about_centre(rot, scale, torch.zeros(n, dtype=torch.bool, device=device), self.hw)

@@ -1,0 +1,114 @@
+"""The `collapse` command."""
+import argparse
+import os
+import sys
+
+from .config import ConfigError
+
+USER_ERRORS = (ConfigError,)
+
+
+def _user_errors():
+    from .data.coco import DataError
+    from .methods import MethodError
+    from .models import ModelError
+    from .train import DeviceError
+    return (ConfigError, DataError, MethodError, ModelError, DeviceError, FileNotFoundError)
+
+
+def cmd_prepare(args):
+    if args.source == "synthetic":
+        from .data import synthetic
+        if args.train <= 0 or args.val <= 0:
+            raise ConfigError("--train and --val must be positive")
+        synthetic.prepare(args.out, args.train, args.val, args.seed, args.workers)
+        print(f"wrote {args.train} train and {args.val} val images to {args.out}")
+
+
+def _default_out(cfg, base="results"):
+    from .runs import run_id
+    return os.path.join(base, f"{cfg.method.name}-{run_id(cfg.to_dict())}")
+
+
+def _print_final(manifest):
+    f = manifest.get("final", {})
+    t = manifest.get("timing", {})
+    keys = [k for k in ("AP", "AP50", "AP75", "AR", "PCK@0.1") if k in f]
+    print("  ".join(f"{k} {f[k]:.3f}" for k in keys))
+    if t:
+        print(f"wall {t['total']:.1f}s  ({t['seconds_per_step']*1000:.1f} ms/step, data path {100*t['data_share']:.1f}% of a step, "
+              f"evaluation {t['eval']:.1f}s)")
+
+
+def cmd_train(args):
+    from . import config
+    from .train import train
+    cfg = config.load(args.config, args.overrides)
+    out = args.out or _default_out(cfg)
+    manifest = train(cfg, out, progress=not args.quiet)
+    print(f"run {manifest['run_id']} {manifest['status']}: {out}")
+    _print_final(manifest)
+
+
+def cmd_demo(args):
+    from . import config
+    from .train import train
+    cfg = config.load(args.config, [f"train.seed={args.seed}"] + args.overrides)
+    out = os.path.join(args.out, f"{cfg.method.name}-{args.seed}")
+    manifest = train(cfg, out, progress=not args.quiet)
+    print(f"{cfg.method.name} (seed {args.seed}) {manifest['status']}: {out}")
+    _print_final(manifest)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="collapse", description="Semi-supervised heatmap pose estimation: "
+                                "why consistency training collapses, and what prevents it.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("prepare", help="write a data set in COCO format")
+    prs = pr.add_subparsers(dest="source", required=True)
+    syn = prs.add_parser("synthetic", help="procedurally generated COCO-17 persons (the embedded default)")
+    syn.add_argument("--out", required=True, help="folder for annotations/ and images/")
+    syn.add_argument("--train", type=int, default=6000, help="training images (default 6000)")
+    syn.add_argument("--val", type=int, default=400, help="validation images (default 400)")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    syn.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train one run", description="Train one run. Overrides are dotted "
+                        "config keys, e.g. method.name=supervised train.steps=2000.")
+    tr.add_argument("config", help="YAML config (may extend configs/base.yaml)")
+    tr.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    tr.add_argument("--out", help="run folder (default results/<method>-<run id>)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
+    de = sub.add_parser("demo", help="the main job on the embedded synthetic set")
+    de.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--config", default="configs/demo.yaml")
+    de.add_argument("--quiet", action="store_true")
+    de.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        msg = str(e) if not isinstance(e, FileNotFoundError) else f"file not found: {e.filename or e}"
+        print(f"collapse: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("collapse: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

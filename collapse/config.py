@@ -1,0 +1,201 @@
+"""Typed configuration: dataclasses, YAML files that extend a base, dotted command-line overrides.
+
+`load(path, overrides)` reads a YAML file (which may name another file under `extends:`), applies
+`key.sub=value` overrides (values parsed as YAML), and validates every key and type against the schema.
+Any mistake raises ConfigError naming the key; the CLI turns it into one line and exit code 2.
+"""
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"        # synthetic | coco: where `root` came from
+    root: str = "data/synthetic"     # folder with annotations/person_keypoints_{split}.json and images
+    train_split: str = "train"
+    val_split: str = "val"
+    synthetic_train: int = 6000      # images generated when the synthetic set is prepared automatically
+    synthetic_val: int = 400
+    synthetic_seed: int = 0
+    input_size: typing.List[int] = field(default_factory=lambda: [64, 48])  # crop height, width
+    heatmap_stride: int = 2
+    sigma: float = 1.5               # Gaussian target sigma in heatmap pixels
+    store_margin: float = 1.25       # stored crops cover this much more than the input crop
+    labeled: int = 300               # first N train instances are labeled (-1: all)
+    unlabeled: int = -1              # instances after the labeled ones used as unlabeled pool (-1: all)
+    val: int = -1                    # validation instances evaluated (-1: all)
+
+
+@dataclass
+class AugmentConfig:
+    rotation: float = 30.0           # easy view: rotation ~ clip(N(0, r^2), -2r, 2r) with probability rot_prob
+    rot_prob: float = 0.6
+    scale: float = 0.25              # easy view: scale ~ clip(N(1, s^2), 1-s, 1+s)
+    flip: float = 0.5
+    hard_rotation: float = 30.0      # extra affine composed on the easy view for the hard view
+    hard_rot_prob: float = 0.8
+    hard_scale: float = 0.25
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"               # tiny | resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+    width: int = 32                  # tiny net base channels
+    pretrained: str = ""             # torchvision ResNet checkpoint: file path or URL ('' = random init)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "supervised"
+    sup_weight: float = 1.0
+    unsup_weight: float = 1.0
+    rampup: int = 0                  # steps of sigmoid ramp-up of unsup_weight (0 = constant)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_labeled: int = 32
+    batch_unlabeled: int = 32
+    lr: float = 1e-3
+    lr_steps: typing.List[int] = field(default_factory=list)  # MultiStepLR milestones (x0.1), in steps
+    eval_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    threads: int = 0                 # torch CPU threads (0 = torch's default)
+    compile: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _check_type(key, value, typ):
+    origin = typing.get_origin(typ)
+    if origin in (list, typing.List):
+        (inner,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}' must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, values, prefix=""):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            raise ConfigError(f"unknown config key '{prefix}{k}'")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[f.name] = _build(typ, values[f.name], f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _check_type(prefix + f.name, values[f.name], typ)
+    return cls(**kwargs)
+
+
+def _merge(base, over):
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path, seen=()):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"config files extend each other in a loop: {path}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    parent = raw.pop("extends", None)
+    if parent:
+        parent_path = os.path.join(os.path.dirname(path), parent)
+        raw = _merge(_read_yaml(parent_path, seen + (os.path.abspath(path),)), raw)
+    return raw
+
+
+def parse_overrides(overrides):
+    tree = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        node = tree
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}' conflicts with another override")
+        node[parts[-1]] = value
+    return tree
+
+
+def validate(cfg: Config):
+    d, t = cfg.data, cfg.train
+    if len(d.input_size) != 2 or min(d.input_size) <= 0:
+        raise ConfigError("config key 'data.input_size' must be [height, width] with positive values")
+    if any(s % d.heatmap_stride for s in d.input_size):
+        raise ConfigError("config key 'data.heatmap_stride' must divide both sides of data.input_size")
+    for key, value in (("train.steps", t.steps), ("train.batch_labeled", t.batch_labeled),
+                       ("train.eval_every", t.eval_every), ("train.log_every", t.log_every),
+                       ("data.sigma", d.sigma), ("train.lr", t.lr)):
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if d.labeled == 0 or d.labeled < -1:
+        raise ConfigError(f"config key 'data.labeled' must be positive or -1 (all), got {d.labeled}")
+    if d.store_margin < 1:
+        raise ConfigError("config key 'data.store_margin' must be >= 1")
+    return cfg
+
+
+def from_dict(values) -> Config:
+    return validate(_build(Config, values))
+
+
+def load(path=None, overrides=()) -> Config:
+    raw = _read_yaml(path) if path else {}
+    raw = _merge(raw, parse_overrides(overrides))
+    return from_dict(raw)

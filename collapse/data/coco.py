@@ -1,0 +1,77 @@
+"""COCO-format person-keypoint reader shared by the synthetic set and real COCO."""
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+
+from .skeleton import NUM_JOINTS
+
+
+class DataError(ValueError):
+    """A problem with the user's data: reported as one line, exit code 2."""
+
+
+def annotation_path(root, split):
+    return os.path.join(root, "annotations", f"person_keypoints_{split}.json")
+
+
+def image_dir(root, split):
+    for cand in (os.path.join(root, "images", split), os.path.join(root, split)):
+        if os.path.isdir(cand):
+            return cand
+    raise DataError(f"no image folder for split '{split}' under {root} (looked for images/{split} and {split})")
+
+
+def load_coco(path):
+    """pycocotools COCO object, with the file's problems turned into DataError."""
+    from pycocotools.coco import COCO
+    if not os.path.isfile(path):
+        raise DataError(f"annotation file not found: {path}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON: {e}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or key not in data:
+            raise DataError(f"{path} lacks the COCO key '{key}'")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def person_instances(coco, path="annotations"):
+    """Instances usable for training/evaluation, in the file's image order then annotation order.
+
+    Kept as the paper's code does: person category, not crowd, area > 0, a box with positive size,
+    and at least one labeled keypoint. Returns a dict of numpy arrays.
+    """
+    person = [c["id"] for c in coco.dataset["categories"] if c.get("name") == "person"] or [1]
+    rows = []
+    for img in coco.dataset["images"]:
+        for ann in coco.imgToAnns.get(img["id"], []):
+            if ann.get("category_id") not in person or ann.get("iscrowd", 0):
+                continue
+            kps = ann.get("keypoints")
+            if kps is None or len(kps) != 3 * NUM_JOINTS:
+                raise DataError(f"{path}: annotation {ann.get('id')} has {len(kps or [])} keypoint values, "
+                                f"expected {3 * NUM_JOINTS}")
+            x, y, w, h = ann["bbox"]
+            if ann.get("area", 0) <= 0 or w <= 0 or h <= 0 or ann.get("num_keypoints", 0) < 1:
+                continue
+            rows.append((img["id"], ann["id"], img["file_name"], img["width"], img["height"], ann["bbox"],
+                         ann["area"], kps))
+    if not rows:
+        raise DataError(f"{path} has no usable person annotations")
+    return dict(
+        image_id=np.array([r[0] for r in rows], dtype=np.int64),
+        ann_id=np.array([r[1] for r in rows], dtype=np.int64),
+        file_name=np.array([r[2] for r in rows]),
+        bbox=np.array([r[5] for r in rows], dtype=np.float64),
+        area=np.array([r[6] for r in rows], dtype=np.float64),
+        keypoints=np.array([r[7] for r in rows], dtype=np.float64).reshape(-1, NUM_JOINTS, 3),
+    )

@@ -1,0 +1,139 @@
+"""Crop store: every person crop decoded and cut once, kept as one uint8 memory-mapped array.
+
+A store holds, per instance, a crop of (input size + margin) pixels at the input crop's pixel density,
+the image->store affine, and keypoints in store coordinates. The crop region is the SimpleBaseline one:
+the box widened to the input aspect ratio, then enlarged 1.25x. JPEG decoding happens here and never
+again; stores are keyed by split, input size and margin and reused by every run.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..augment import transform_points, warp
+from ..runs import atomic_write_json
+from .coco import DataError, annotation_path, image_dir, load_coco, person_instances
+
+BOX_ENLARGE = 1.25
+
+
+def store_hw(input_hw, margin):
+    h, w = input_hw
+    return 2 * round(h * margin / 2), 2 * round(w * margin / 2)
+
+
+def crop_affines(bbox, input_hw, shw):
+    """(N,3,3) image -> store pixel maps for boxes (N,4) xywh."""
+    (h, w), (hs, ws) = input_hw, shw
+    x, y, bw, bh = [torch.as_tensor(bbox[:, i], dtype=torch.float64) for i in range(4)]
+    cx, cy = x + bw / 2, y + bh / 2
+    aspect = w / h
+    bw2 = torch.where(bw > aspect * bh, bw, bh * aspect) * BOX_ENLARGE
+    s = w / bw2  # store pixels per image pixel (same as the input crop's density)
+    m = torch.zeros(len(x), 3, 3, dtype=torch.float64)
+    m[:, 0, 0] = m[:, 1, 1] = s
+    m[:, 0, 2], m[:, 1, 2] = ws / 2 - s * cx, hs / 2 - s * cy
+    m[:, 2, 2] = 1
+    return m
+
+
+class CropStore:
+    def __init__(self, path):
+        with open(os.path.join(path, "info.json")) as f:
+            self.info = json.load(f)
+        meta = np.load(os.path.join(path, "meta.npz"))
+        self.meta = {k: meta[k] for k in meta.files}
+        n, hs, ws = self.info["count"], *self.info["store_hw"]
+        self.crops = np.memmap(os.path.join(path, "crops.u8"), dtype=np.uint8, mode="r", shape=(n, hs, ws, 3))
+        self.path = path
+
+    def __len__(self):
+        return self.info["count"]
+
+    @property
+    def store_hw(self):
+        return tuple(self.info["store_hw"])
+
+    @property
+    def input_hw(self):
+        return tuple(self.info["input_hw"])
+
+
+def store_path(root, split, input_hw, margin):
+    return os.path.join(root, "stores", f"{split}_{input_hw[0]}x{input_hw[1]}_m{margin:g}")
+
+
+def build(root, split, input_hw, margin, progress=False):
+    """Build (or reuse) the crop store of one split; returns a CropStore."""
+    path = store_path(root, split, input_hw, margin)
+    if os.path.exists(os.path.join(path, "info.json")):
+        return CropStore(path)
+    ann_file = annotation_path(root, split)
+    inst = person_instances(load_coco(ann_file), ann_file)
+    images = image_dir(root, split)
+    shw = store_hw(input_hw, margin)
+    n = len(inst["ann_id"])
+    os.makedirs(path, exist_ok=True)
+    tmp = os.path.join(path, "crops.u8.partial")
+    crops = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, *shw, 3))
+    affines = crop_affines(inst["bbox"], input_hw, shw)
+    order = np.arange(n)
+    starts = np.flatnonzero(np.r_[True, inst["image_id"][1:] != inst["image_id"][:-1]])
+    ends = np.r_[starts[1:], n]
+    it = zip(starts, ends)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(list(it), desc=f"crop store {split}", unit="img")
+    for a, b in it:  # one decode per image, all its instances cut in one batched warp
+        fname = os.path.join(images, inst["file_name"][a])
+        try:
+            with Image.open(fname) as im:
+                arr = np.array(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"image {fname} is missing or unreadable: {e.__class__.__name__}")
+        img = torch.from_numpy(arr).permute(2, 0, 1).float()[None].expand(b - a, -1, -1, -1)
+        out = warp(img, affines[a:b].float(), shw)
+        crops[a:b] = out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    crops.flush()
+    del crops
+    kp = inst["keypoints"].copy()
+    kp[..., :2] = transform_points(affines, torch.as_tensor(kp[..., :2])).numpy()
+    np.savez(os.path.join(path, "meta.npz"), image_id=inst["image_id"], ann_id=inst["ann_id"],
+             bbox=inst["bbox"], area=inst["area"], keypoints=kp.astype(np.float32),
+             crop=affines.numpy(), row=order)
+    os.replace(tmp, os.path.join(path, "crops.u8"))
+    atomic_write_json(os.path.join(path, "info.json"), dict(
+        count=n, store_hw=list(shw), input_hw=list(input_hw), margin=margin, split=split,
+        annotations=os.path.abspath(ann_file)))
+    return CropStore(path)
+
+
+class Pool:
+    """A set of store rows ready on the device: uint8 crops and keypoints, sampled with a seeded generator.
+
+    Crops are uploaded once when they fit (`resident`); otherwise each batch is gathered from the memory
+    map and moved as uint8 (pinned, non-blocking)."""
+
+    def __init__(self, store, rows, device, resident_bytes=8 << 30):
+        self.store, self.rows, self.device = store, np.asarray(rows), device
+        nbytes = len(self.rows) * int(np.prod(store.crops.shape[1:]))
+        self.resident = nbytes <= resident_bytes
+        if self.resident:
+            self.crops = torch.from_numpy(np.ascontiguousarray(store.crops[self.rows])).to(device)
+        self.keypoints = torch.as_tensor(store.meta["keypoints"][self.rows]).to(device)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def fetch(self, idx):
+        """idx: (B,) positions in this pool -> (uint8 crops (B,Hs,Ws,3), keypoints (B,J,3)) on the device."""
+        if self.resident:
+            crops = self.crops[idx.to(self.device)]
+        else:
+            host = torch.from_numpy(self.store.crops[self.rows[idx.numpy()]])
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            crops = host.to(self.device, non_blocking=True)
+        return crops, self.keypoints[idx.to(self.device)]

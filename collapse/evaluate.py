@@ -1,0 +1,82 @@
+"""Evaluation: predict on stored crops, map back to image coordinates, score with pycocotools OKS AP, and PCK.
+
+The same path serves the synthetic set and COCO: predictions become a COCO keypoint result JSON, and
+`COCOeval(gt, dt, "keypoints")` scores them against the split's annotation file.
+"""
+import contextlib
+import io
+
+import numpy as np
+import torch
+
+from .augment import normalise, store_to_input, transform_points, warp
+from .heatmaps import decode
+
+IN_VIS_THRE = 0.2  # joints above this confidence count in the instance score (SimpleBaseline rescoring)
+COCO_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+@torch.no_grad()
+def predict(net, pool, input_hw, stride, batch=256):
+    """Keypoints (N,J,2) in image coordinates and per-joint confidences (N,J) for every row of `pool`."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    coords, scores = [], []
+    for a in range(0, len(pool), batch):
+        idx = torch.arange(a, min(a + batch, len(pool)))
+        crops, _ = pool.fetch(idx)
+        A = store_to_input(len(idx), pool.store.store_hw, input_hw, device)
+        heat = net(warp(normalise(crops), A, input_hw)).float()
+        xy, conf = decode(heat)
+        coords.append(transform_points(torch.linalg.inv(A), xy * stride).cpu())
+        scores.append(conf.cpu())
+    net.train(was_training)
+    xy_store = torch.cat(coords).double()
+    crop = torch.as_tensor(pool.store.meta["crop"][pool.rows])
+    return transform_points(torch.linalg.inv(crop), xy_store).numpy(), torch.cat(scores).numpy()
+
+
+def to_coco_results(image_ids, coords, conf):
+    """COCO keypoint results; instance score = mean confidence of joints above IN_VIS_THRE (box score 1)."""
+    results = []
+    for img, xy, c in zip(image_ids, coords, conf):
+        good = c > IN_VIS_THRE
+        score = float(c[good].mean()) if good.any() else float(c.mean())
+        kps = np.concatenate([xy, c[:, None]], 1).reshape(-1)
+        results.append(dict(image_id=int(img), category_id=1, keypoints=[round(float(v), 3) for v in kps],
+                            score=round(score, 5)))
+    return results
+
+
+def coco_ap(gt_coco, results, image_ids):
+    """OKS AP/AR through pycocotools, restricted to the evaluated images."""
+    from pycocotools.cocoeval import COCOeval
+    if not results:
+        return {k: 0.0 for k in COCO_STATS}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt_coco.loadRes(results)
+        ev = COCOeval(gt_coco, dt, "keypoints")
+        ev.params.imgIds = sorted(set(int(i) for i in image_ids))
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(max(v, 0.0)) for k, v in zip(COCO_STATS, ev.stats)}
+
+
+def pck(coords, keypoints, bbox, alpha=0.1):
+    """Share of labeled joints predicted within alpha * max(box width, height) of the ground truth."""
+    labeled = keypoints[..., 2] > 0
+    dist = np.linalg.norm(coords - keypoints[..., :2], axis=-1)
+    thr = alpha * np.maximum(bbox[:, 2], bbox[:, 3])[:, None]
+    return float((dist < thr)[labeled].mean()) if labeled.any() else 0.0
+
+
+def evaluate(net, pool, gt_coco, input_hw, stride, gt_keypoints, gt_bbox):
+    """(metrics dict, COCO results list) for a network on a validation pool."""
+    coords, conf = predict(net, pool, input_hw, stride)
+    image_ids = pool.store.meta["image_id"][pool.rows]
+    results = to_coco_results(image_ids, coords, conf)
+    metrics = coco_ap(gt_coco, results, image_ids)
+    metrics["PCK@0.1"] = pck(coords, gt_keypoints, gt_bbox)
+    return metrics, results

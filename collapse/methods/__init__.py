@@ -1,0 +1,13 @@
+"""Methods state a loss recipe over predictions and nothing else; the trainer does the rest.
+
+A method is a small object with:
+  nets                       how many networks the trainer builds (each gets the supervised loss)
+  unsupervised(ctx, unl)     named loss terms (weighted, summed by the trainer) from an unlabeled batch
+  after_step(ctx)            bookkeeping after the optimizer step (e.g. an EMA update)
+Register one with @register("name").
+"""
+from .base import Method, heatmap_mse
+from .registry import METHODS, MethodError, build_method, register
+from . import supervised  # noqa: F401  (registers itself)
+
+__all__ = ["Method", "METHODS", "MethodError", "build_method", "register", "heatmap_mse"]

@@ -1,0 +1,234 @@
+"""The one training loop. Methods supply loss terms; this file owns data, optimisation, logging,
+evaluation, checkpoints and the run folder."""
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import runs
+from .config import Config
+from .data import synthetic
+from .data.batches import Batches
+from .data.coco import DataError, annotation_path, load_coco
+from .data.skeleton import NUM_JOINTS
+from .data.store import Pool, build as build_store
+from .evaluate import evaluate
+from .methods import build_method, heatmap_mse
+from .models import build_model
+
+
+class DeviceError(ValueError):
+    pass
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"device '{name}' is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{name}'")
+
+
+def ensure_data(cfg: Config, progress=False):
+    """Prepare the synthetic set if it is the source and absent; build (or reuse) the crop stores."""
+    d = cfg.data
+    if d.source == "synthetic" and not synthetic.is_prepared(d.root):
+        synthetic.prepare(d.root, d.synthetic_train, d.synthetic_val, d.synthetic_seed)
+    elif not os.path.isdir(d.root):
+        raise DataError(f"data folder not found: {d.root}")
+    hw = tuple(d.input_size)
+    return (build_store(d.root, d.train_split, hw, d.store_margin, progress),
+            build_store(d.root, d.val_split, hw, d.store_margin, progress))
+
+
+def split_rows(cfg: Config, n_train):
+    """Labeled = the first `labeled` instances (the paper's split); unlabeled = the rest (or the first `unlabeled`)."""
+    d = cfg.data
+    n_lab = n_train if d.labeled == -1 else d.labeled
+    if n_lab > n_train:
+        raise DataError(f"data.labeled={d.labeled} is larger than the {n_train} training instances")
+    rest = np.arange(n_lab, n_train)
+    if d.unlabeled != -1:
+        rest = rest[: d.unlabeled]
+    return np.arange(n_lab), rest
+
+
+def val_rows(cfg: Config, store):
+    """The first `val` instances, extended to whole images so every person of an evaluated image is predicted."""
+    n = len(store)
+    if cfg.data.val == -1 or cfg.data.val >= n:
+        return np.arange(n)
+    img = store.meta["image_id"]
+    stop = cfg.data.val
+    while stop < n and img[stop] == img[stop - 1]:
+        stop += 1
+    return np.arange(stop)
+
+
+@dataclass
+class Context:
+    """What a method sees: networks, their teachers, the batch maker, the step."""
+    nets: list
+    teachers: list
+    batches: Batches
+    step: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out, progress=True):
+        self.cfg, self.progress = cfg, progress and cfg.train.progress
+        t = cfg.train
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.method = build_method(cfg.method)
+        train_store, val_store = ensure_data(cfg, self.progress)
+        lab, unl = split_rows(cfg, len(train_store))
+        self.gen = torch.Generator().manual_seed(t.seed)
+        torch.manual_seed(t.seed)
+        self.batches = Batches(cfg, Pool(train_store, lab, self.device),
+                               Pool(train_store, unl, self.device) if self.method.uses_unlabeled and len(unl) else None,
+                               self.device, self.gen)
+        if self.method.uses_unlabeled and self.batches.unlabeled_pool is None:
+            raise DataError("this method needs unlabeled data but data.labeled leaves none")
+        self.val_pool = Pool(val_store, val_rows(cfg, val_store), self.device)
+        self.val_gt = load_coco(annotation_path(cfg.data.root, cfg.data.val_split))
+        vk = val_store.meta["keypoints"][self.val_pool.rows]
+        crop = torch.as_tensor(val_store.meta["crop"][self.val_pool.rows])
+        from .augment import transform_points
+        self.val_keypoints = np.concatenate(
+            [transform_points(torch.linalg.inv(crop), torch.as_tensor(vk[..., :2]).double()).numpy(), vk[..., 2:]], -1)
+        self.val_bbox = val_store.meta["bbox"][self.val_pool.rows]
+
+        self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(self.device)
+                     for _ in range(self.method.nets)]
+        if self.device.type == "cuda":
+            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        self.ctx = Context(self.nets, list(self.nets), self.batches)
+        if hasattr(self.method, "setup"):
+            self.method.setup(self.ctx)
+        params = [p for n in self.nets for p in n.parameters()]
+        self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
+        self.forward = [torch.compile(n) if t.compile else n for n in self.nets]
+        self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
+        self.metrics, self.step, self.timing = [], 0, dict(data=0.0, total=0.0, eval=0.0)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self):
+        return dict(step=self.step, nets=[n.state_dict() for n in self.nets], opt=self.opt.state_dict(),
+                    sched=self.sched.state_dict(), gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
+                    method=self.method.state_dict() if hasattr(self.method, "state_dict") else None,
+                    metrics=self.metrics, timing=self.timing)
+
+    def load_state(self, s):
+        self.step = s["step"]
+        for n, sd in zip(self.nets, s["nets"]):
+            n.load_state_dict(sd)
+        self.opt.load_state_dict(s["opt"])
+        self.sched.load_state_dict(s["sched"])
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+        if s.get("method") is not None:
+            self.method.load_state_dict(s["method"])
+        self.metrics, self.timing = s["metrics"], s["timing"]
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train_step(self):
+        t, m = self.cfg.train, self.method
+        t0 = time.perf_counter()
+        lab = self.batches.labeled(t.batch_labeled)
+        unl = self.batches.unlabeled(t.batch_unlabeled) if m.uses_unlabeled else None
+        self.timing["data"] += time.perf_counter() - t0
+        autocast = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        self.ctx.step = self.step
+        with autocast:
+            terms = {}
+            for i, net in enumerate(self.forward):
+                pred = net(lab["x"]).float()
+                terms[f"sup{i}" if len(self.nets) > 1 else "sup"] = m.cfg.sup_weight * heatmap_mse(pred, lab["target"], lab["weight"])
+            if unl is not None:
+                w = m.unsup_weight(self.step)
+                terms.update({k: w * v for k, v in m.unsupervised(self.ctx, unl).items()})
+        loss = sum(terms.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        m.after_step(self.ctx)
+        self.step += 1
+        return loss.detach(), {k: v.detach() for k, v in terms.items()}
+
+    def evaluate(self):
+        t0 = time.perf_counter()
+        rows = []
+        for i, net in enumerate(self.nets):
+            metrics, results = evaluate(net, self.val_pool, self.val_gt, tuple(self.cfg.data.input_size),
+                                        self.cfg.data.heatmap_stride, self.val_keypoints, self.val_bbox)
+            suffix = "" if len(self.nets) == 1 else f"/net{i}"
+            rows += [dict(step=self.step, split="val", name=k + suffix, value=v) for k, v in metrics.items()]
+            runs.atomic_write_json(self.run.file("predictions", f"step{self.step:07d}{suffix.replace('/', '_')}.json"), results)
+        self.metrics += rows
+        self.timing["eval"] += time.perf_counter() - t0
+        return {r["name"]: r["value"] for r in rows}
+
+    def save(self):
+        runs.atomic_write_parquet(self.run.file("metrics.parquet"), pd.DataFrame(
+            self.metrics, columns=["step", "split", "name", "value"]))
+        runs.atomic_torch_save(self.run.file("checkpoint.pt"), self.state())
+
+    def fit(self):
+        cfg, t = self.cfg, self.cfg.train
+        resolved = cfg.to_dict()
+        if os.path.exists(self.run.file("checkpoint.pt")):
+            self.load_state(torch.load(self.run.file("checkpoint.pt"), map_location=self.device, weights_only=False))
+        self.run.write_config(resolved)
+        self.run.update_manifest(status="running", run_id=runs.run_id(resolved), method=cfg.method.name,
+                                 device=str(self.device), versions=runs.versions(), started=time.time())
+        from tqdm import tqdm
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc=cfg.method.name,
+                   dynamic_ncols=True, leave=False)
+        sums, count = None, 0
+        latest = {}
+        t_start = time.perf_counter() - self.timing["total"]
+        while self.step < t.steps:
+            loss, terms = self.train_step()
+            sums = terms if sums is None else {k: sums[k] + terms[k] for k in terms}
+            count += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                # .item() syncs with the device: only here, once per log interval
+                means = {k: (v / count).item() for k, v in sums.items()}
+                self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}", value=v) for k, v in means.items()]
+                self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
+                bar.set_postfix(loss=f"{sum(means.values()):.2e}", AP=f"{latest.get('AP', float('nan')):.3f}")
+                sums, count = None, 0
+            if self.step % t.eval_every == 0 or self.step == t.steps:
+                latest = self.evaluate()
+                self.timing["total"] = time.perf_counter() - t_start
+                self.save()
+                bar.set_postfix(AP=f"{latest.get('AP', float('nan')):.3f}")
+        bar.close()
+        self.timing["total"] = time.perf_counter() - t_start
+        final = {r["name"]: r["value"] for r in self.metrics if r["split"] == "val" and r["step"] == self.step}
+        train_time = self.timing["total"] - self.timing["eval"]
+        self.save()
+        return self.run.update_manifest(
+            status="done", finished=time.time(), final=final, steps=self.step,
+            timing=dict(self.timing, data_share=self.timing["data"] / max(train_time, 1e-9),
+                        seconds_per_step=train_time / max(self.step, 1)))
+
+
+def train(cfg: Config, out, progress=True):
+    """Train one run into folder `out`; resumes from its checkpoint; returns the manifest."""
+    m = runs.RunDir(out).manifest()
+    if m.get("status") == "done" and m.get("run_id") == runs.run_id(cfg.to_dict()):
+        return m
+    return Trainer(cfg, out, progress).fit()

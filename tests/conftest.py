@@ -1,0 +1,16 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A small synthetic COCO-format set shared by the tests."""
+    from collapse.data import synthetic
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.prepare(root, 300, 60, seed=3, workers=2)
+    return root

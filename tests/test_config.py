@@ -1,0 +1,40 @@
+import pytest
+
+from collapse import config
+from collapse.config import ConfigError
+
+
+def test_base_and_demo_load_and_overrides_apply(tmp_path):
+    cfg = config.load("configs/demo.yaml", ["method.name=supervised", "train.steps=7", "train.lr=1e-4",
+                                            "data.input_size=[32,24]"])
+    assert cfg.train.steps == 7 and cfg.train.lr == 1e-4 and cfg.data.input_size == [32, 24]
+    assert cfg.model.name == "tiny"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.stepz=3", "train.stepz"),
+    ("nope.x=1", "nope"),
+    ("train.steps=abc", "train.steps"),
+    ("train.steps=1.5", "train.steps"),
+    ("train.compile=3", "train.compile"),
+    ("data.input_size=7", "data.input_size"),
+    ("data.input_size=[64,x]", "data.input_size[1]"),
+    ("train=3", "train"),
+    ("train.steps=0", "train.steps"),
+])
+def test_bad_keys_and_types_name_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        config.load("configs/demo.yaml", [override])
+    assert f"'{key}'" in str(e.value)
+
+
+def test_extends_and_unknown_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntrain: {steps: 5}\n")
+    (tmp_path / "b.yaml").write_text("train: {steps: 9, lr: 0.01}\n")
+    cfg = config.load(str(tmp_path / "a.yaml"))
+    assert cfg.train.steps == 5 and cfg.train.lr == 0.01
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(str(tmp_path / "missing.yaml"))
+    (tmp_path / "c.yaml").write_text("extends: c.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        config.load(str(tmp_path / "c.yaml"))

@@ -1,0 +1,86 @@
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from collapse.data import synthetic
+from collapse.data.coco import annotation_path, load_coco, person_instances
+from collapse.data.store import Pool, build
+from collapse.evaluate import coco_ap, pck, to_coco_results
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_same_seed_gives_identical_annotations_and_images(tmp_path):
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    synthetic.write_split(a, "train", 12, seed=5, workers=1)
+    synthetic.write_split(b, "train", 12, seed=5, workers=2)  # worker count must not matter
+    synthetic.write_split(c, "train", 12, seed=6, workers=1)
+    ja, jb, jc = (annotation_path(r, "train") for r in (a, b, c))
+    assert _sha(ja) == _sha(jb) and _sha(ja) != _sha(jc)
+    for name in os.listdir(os.path.join(a, "images", "train")):
+        assert _sha(os.path.join(a, "images", "train", name)) == _sha(os.path.join(b, "images", "train", name))
+
+
+def test_synthetic_set_is_consistent_coco(synth_root):
+    from pycocotools.coco import COCO
+    coco = COCO(annotation_path(synth_root, "train"))
+    anns = coco.loadAnns(coco.getAnnIds())
+    imgs = {i["id"]: i for i in coco.loadImgs(coco.getImgIds())}
+    assert len(anns) > len(imgs)  # some images hold more than one person
+    vis = np.array([a["keypoints"][2::3] for a in anns])
+    assert {0, 1, 2} <= set(np.unique(vis))  # outside, occluded and visible joints all occur
+    for a in anns:
+        k = np.array(a["keypoints"]).reshape(17, 3)
+        assert a["num_keypoints"] == int((k[:, 2] > 0).sum()) and a["iscrowd"] == 0
+        assert (k[k[:, 2] == 0] == 0).all()
+        x, y, w, h = a["bbox"]
+        im = imgs[a["image_id"]]
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= im["width"] and y + h <= im["height"]
+        assert 0 < a["area"] <= w * h
+        lab = k[k[:, 2] > 0]
+        assert ((lab[:, 0] >= 0) & (lab[:, 0] <= im["width"]) & (lab[:, 1] >= 0) & (lab[:, 1] <= im["height"])).all()
+    # people facing away have their face joints marked occluded, never visible
+    assert any(v[0] == 1 for v in vis)
+
+
+def test_crop_store_keypoints_match_image_keypoints(synth_root):
+    store = build(synth_root, "val", (64, 48), 1.25)
+    assert store.crops.shape[1:] == (80, 60, 3) and store.crops.dtype == np.uint8
+    inst = person_instances(load_coco(annotation_path(synth_root, "val")))
+    assert len(store) == len(inst["ann_id"])
+    crop = torch.as_tensor(store.meta["crop"])
+    back = torch.linalg.inv(crop)
+    kp = torch.as_tensor(store.meta["keypoints"][..., :2]).double()
+    img = kp @ back[:, :2, :2].transpose(1, 2) + back[:, None, :2, 2]
+    lab = inst["keypoints"][..., 2] > 0
+    assert np.abs(img.numpy()[lab] - inst["keypoints"][..., :2][lab]).max() < 1e-3
+    again = build(synth_root, "val", (64, 48), 1.25)  # reused, not rebuilt
+    assert again.path == store.path
+    pool = Pool(store, np.arange(5), torch.device("cpu"))
+    crops, k = pool.fetch(torch.tensor([4, 0]))
+    assert crops.dtype == torch.uint8 and torch.equal(crops[1], torch.from_numpy(np.array(store.crops[0])))
+
+
+def _gt_results(coco, jitter=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    inst = person_instances(coco)
+    kp = inst["keypoints"].copy()
+    scale = np.sqrt(inst["area"])[:, None, None]
+    kp[..., :2] += rng.normal(0, 1, kp[..., :2].shape) * jitter * scale
+    conf = np.ones(kp.shape[:2])
+    return inst, kp, to_coco_results(inst["image_id"], kp[..., :2], conf)
+
+
+def test_ground_truth_scores_ap_one_and_jitter_lowers_it_in_order(synth_root):
+    coco = load_coco(annotation_path(synth_root, "val"))
+    inst, kp, res = _gt_results(coco)
+    m = coco_ap(coco, res, inst["image_id"])
+    assert m["AP"] == 1.0 and m["AR"] == 1.0
+    assert pck(kp[..., :2], inst["keypoints"], inst["bbox"]) == 1.0
+    aps = [coco_ap(coco, _gt_results(coco, j)[2], inst["image_id"])["AP"] for j in (0.02, 0.05, 0.1, 0.2)]
+    assert 1.0 > aps[0] > aps[1] > aps[2] > aps[3] >= 0.0, aps
