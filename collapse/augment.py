@@ -75,7 +75,11 @@ def swap_flipped(t, flip):
 
 def normalise(crops_u8):
     """uint8 (B,H,W,3) on the device -> float (B,3,H,W), ImageNet-normalised (padding 0 = mean colour)."""
-    x = crops_u8.permute(0, 3, 1, 2).float()
+    return normalise_float(crops_u8.permute(0, 3, 1, 2).float())
+
+
+def normalise_float(x):
+    """float (B,3,H,W) in 0..255 -> ImageNet-normalised."""
     return (x - MEAN.to(x.device).view(1, 3, 1, 1)) / STD.to(x.device).view(1, 3, 1, 1)
 
 
@@ -107,3 +111,74 @@ class ViewMaker:
         rot = self._rotation(n, a.hard_rotation, a.hard_rot_prob, device)
         scale = self._scale(n, a.hard_scale, device)
         return about_centre(rot, scale, torch.zeros(n, dtype=torch.bool, device=device), self.hw)
+
+
+# -- photometric "strong" augmentation and joint cutout -------------------------------------------
+
+def _blend(a, b, factor):
+    return (b + (a - b) * factor.view(-1, 1, 1, 1)).clamp(0, 255)
+
+
+def _grey(x):
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+
+def randaugment(x, gen, n_ops=2, magnitude=20):
+    """RandAugment's photometric ops on float crops (B,3,H,W) in 0..255, batched on the device.
+
+    Each sample draws `n_ops` ops (with replacement); every op is computed for the whole batch and kept
+    where chosen. Values follow the paper's code: v = M/30 * (max - min) + min; colour-type factors 1 +- v.
+    Equalize is left out (no cheap batched form); the rest are as in the original op list."""
+    b, device = len(x), x.device
+    v = magnitude / 30
+    ops = [
+        lambda x: (x - x.amin((2, 3), keepdim=True)) * 255 / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True)).clamp(min=1),
+        lambda x: 255 - x,                                                        # invert
+        lambda x: torch.floor(x / 2 ** (8 - int(8 - 4 * v))) * 2 ** (8 - int(8 - 4 * v)),  # posterize
+        lambda x: torch.where(x >= 256 - 256 * v, 255 - x, x),                    # solarize
+        lambda x: torch.where(x < 128, (x + 110 * v).clamp(max=255), x),          # solarize-add
+        lambda x: _blend(x, _grey(x), sign),                                      # colour
+        lambda x: _blend(x, _grey(x).mean((1, 2, 3), keepdim=True).expand_as(x), sign),  # contrast
+        lambda x: _blend(x, torch.zeros_like(x), sign),                           # brightness
+        lambda x: _blend(x, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1), sign),  # sharpness
+        lambda x: cutout(x, (80 * v * x.shape[-1] / 192) * torch.ones(b, device=device), gen, (125.0, 123.0, 114.0)),
+    ]
+    for _ in range(n_ops):
+        choice = torch.randint(len(ops), (b,), generator=gen).to(device)
+        sign = 1 + v * 0.9 * (2 * (torch.rand(b, generator=gen) < 0.5).float() - 1).to(device)
+        out = x
+        for k, op in enumerate(ops):
+            pick = (choice == k).view(-1, 1, 1, 1)
+            if pick.any():
+                out = torch.where(pick, op(x), out)
+        x = out
+    return x
+
+
+def cutout(x, size, gen, fill):
+    """One square of side `size` (B,) per sample at a random centre, filled with `fill`."""
+    b, _, h, w = x.shape
+    cx = torch.rand(b, generator=gen).to(x.device) * w
+    cy = torch.rand(b, generator=gen).to(x.device) * h
+    ys = torch.arange(h, device=x.device).view(1, h, 1) + 0.5
+    xs = torch.arange(w, device=x.device).view(1, 1, w) + 0.5
+    r = (size / 2).view(-1, 1, 1)
+    box = ((xs - cx.view(-1, 1, 1)).abs() < r) & ((ys - cy.view(-1, 1, 1)).abs() < r)
+    colour = torch.tensor(fill, device=x.device).view(1, 3, 1, 1)
+    return torch.where(box[:, None], colour, x)
+
+
+def joint_cutout(x, joints, count, gen):
+    """Blank `count` rectangles per sample around joints (B,J,2, pixels of x's frame), at 0 (the mean
+    colour of normalised input). Sizes and jitter follow the paper's code, scaled from 256-pixel crops."""
+    b, _, h, w = x.shape
+    k = h / 256
+    pick = torch.randint(joints.shape[1], (b, count), generator=gen).to(x.device)
+    centre = torch.gather(joints, 1, pick[..., None].expand(-1, -1, 2))
+    centre = centre + torch.randn(b, count, 2, generator=gen).to(x.device) * 10 * k
+    half = torch.randint(10, 20, (b, count, 2), generator=gen).to(x.device) * k
+    ys = torch.arange(h, device=x.device).view(1, 1, h, 1) + 0.5
+    xs = torch.arange(w, device=x.device).view(1, 1, 1, w) + 0.5
+    inside = ((xs - centre[..., 0, None, None]).abs() < half[..., 0, None, None]) & \
+             ((ys - centre[..., 1, None, None]).abs() < half[..., 1, None, None])
+    return x.masked_fill(inside.any(1, keepdim=True), 0.0)

@@ -54,10 +54,20 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "supervised"
-    sup_weight: float = 1.0
+    name: str = "supervised"         # see collapse/methods: supervised consistency mean_teacher threshold
+                                     # reweight easy_hard dual
+    sup_weight: float = -1.0         # supervised weight per net (-1: the method's default, 0.5 for dual)
     unsup_weight: float = 1.0
     rampup: int = 0                  # steps of sigmoid ramp-up of unsup_weight (0 = constant)
+    ema: float = 0.99                # mean_teacher: teacher <- ema * teacher + (1 - ema) * student
+    tau: float = 0.6                 # threshold: joints whose teacher peak is below tau are masked
+    fg_threshold: float = 0.1        # reweight: target pixels above this are foreground ...
+    fg_weight: float = 10.0          # ... and weigh this much more than background
+    pair: str = "easy_hard"          # easy_hard: teacher view -> student view (easy_easy, hard_hard, hard_easy)
+    joint_cutout: int = 0            # patches around this many teacher-predicted joints (0 = off)
+    randaugment: bool = False        # photometric RandAugment on the student's input
+    ra_ops: int = 2
+    ra_magnitude: int = 20
 
 
 @dataclass
@@ -69,6 +79,8 @@ class TrainConfig:
     lr_steps: typing.List[int] = field(default_factory=list)  # MultiStepLR milestones (x0.1), in steps
     eval_every: int = 500
     log_every: int = 50
+    probe_every: int = 100           # response probes (0 = off)
+    probe_size: int = 128            # crops per probe set (unlabeled, val)
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads (0 = torch's default)
@@ -186,6 +198,13 @@ def validate(cfg: Config):
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
     if d.labeled == 0 or d.labeled < -1:
         raise ConfigError(f"config key 'data.labeled' must be positive or -1 (all), got {d.labeled}")
+    m = cfg.method
+    if m.pair not in ("easy_hard", "easy_easy", "hard_hard", "hard_easy"):
+        raise ConfigError(f"config key 'method.pair' must be easy_hard, easy_easy, hard_hard or hard_easy, got '{m.pair}'")
+    if not 0 <= m.ema < 1:
+        raise ConfigError("config key 'method.ema' must be in [0, 1)")
+    if m.joint_cutout < 0 or m.unsup_weight < 0:
+        raise ConfigError("config keys 'method.joint_cutout' and 'method.unsup_weight' must be >= 0")
     if d.store_margin < 1:
         raise ConfigError("config key 'data.store_margin' must be >= 1")
     return cfg

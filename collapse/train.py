@@ -16,6 +16,7 @@ from .data.coco import DataError, annotation_path, load_coco
 from .data.skeleton import NUM_JOINTS
 from .data.store import Pool, build as build_store
 from .evaluate import evaluate
+from .probes import PROBE_COLUMNS, Prober
 from .methods import build_method, heatmap_mse
 from .models import build_model
 
@@ -93,9 +94,9 @@ class Trainer:
         lab, unl = split_rows(cfg, len(train_store))
         self.gen = torch.Generator().manual_seed(t.seed)
         torch.manual_seed(t.seed)
+        # the unlabeled pool exists for every method: supervised runs are probed on it too
         self.batches = Batches(cfg, Pool(train_store, lab, self.device),
-                               Pool(train_store, unl, self.device) if self.method.uses_unlabeled and len(unl) else None,
-                               self.device, self.gen)
+                               Pool(train_store, unl, self.device) if len(unl) else None, self.device, self.gen)
         if self.method.uses_unlabeled and self.batches.unlabeled_pool is None:
             raise DataError("this method needs unlabeled data but data.labeled leaves none")
         self.val_pool = Pool(val_store, val_rows(cfg, val_store), self.device)
@@ -112,21 +113,23 @@ class Trainer:
         if self.device.type == "cuda":
             self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
         self.ctx = Context(self.nets, list(self.nets), self.batches)
-        if hasattr(self.method, "setup"):
-            self.method.setup(self.ctx)
+        self.method.setup(self.ctx)
         params = [p for n in self.nets for p in n.parameters()]
         self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
         self.forward = [torch.compile(n) if t.compile else n for n in self.nets]
+        self.prober = Prober(self.batches, {"unlabeled": self.batches.unlabeled_pool, "val": self.val_pool},
+                             t.probe_size)
+        self.probes = []
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
-        self.metrics, self.step, self.timing = [], 0, dict(data=0.0, total=0.0, eval=0.0)
+        self.metrics, self.step, self.timing = [], 0, dict(data=0.0, total=0.0, eval=0.0, probe=0.0)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self):
         return dict(step=self.step, nets=[n.state_dict() for n in self.nets], opt=self.opt.state_dict(),
                     sched=self.sched.state_dict(), gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
-                    method=self.method.state_dict() if hasattr(self.method, "state_dict") else None,
-                    metrics=self.metrics, timing=self.timing)
+                    teachers=[t.state_dict() for t in self.ctx.teachers],
+                    metrics=self.metrics, probes=self.probes, timing=self.timing)
 
     def load_state(self, s):
         self.step = s["step"]
@@ -136,9 +139,9 @@ class Trainer:
         self.sched.load_state_dict(s["sched"])
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
-        if s.get("method") is not None:
-            self.method.load_state_dict(s["method"])
-        self.metrics, self.timing = s["metrics"], s["timing"]
+        for t, sd in zip(self.ctx.teachers, s["teachers"]):
+            t.load_state_dict(sd)
+        self.metrics, self.probes, self.timing = s["metrics"], s["probes"], s["timing"]
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self):
@@ -153,7 +156,7 @@ class Trainer:
             terms = {}
             for i, net in enumerate(self.forward):
                 pred = net(lab["x"]).float()
-                terms[f"sup{i}" if len(self.nets) > 1 else "sup"] = m.cfg.sup_weight * heatmap_mse(pred, lab["target"], lab["weight"])
+                terms[f"sup{i}" if len(self.nets) > 1 else "sup"] = m.sup_weight * heatmap_mse(pred, lab["target"], lab["weight"])
             if unl is not None:
                 w = m.unsup_weight(self.step)
                 terms.update({k: w * v for k, v in m.unsupervised(self.ctx, unl).items()})
@@ -179,9 +182,15 @@ class Trainer:
         self.timing["eval"] += time.perf_counter() - t0
         return {r["name"]: r["value"] for r in rows}
 
+    def probe(self):
+        t0 = time.perf_counter()
+        self.probes += self.prober(self.step, self.nets, self.ctx.teachers)
+        self.timing["probe"] += time.perf_counter() - t0
+
     def save(self):
         runs.atomic_write_parquet(self.run.file("metrics.parquet"), pd.DataFrame(
             self.metrics, columns=["step", "split", "name", "value"]))
+        runs.atomic_write_parquet(self.run.file("probes.parquet"), pd.DataFrame(self.probes, columns=PROBE_COLUMNS))
         runs.atomic_torch_save(self.run.file("checkpoint.pt"), self.state())
 
     def fit(self):
@@ -198,6 +207,8 @@ class Trainer:
         sums, count = None, 0
         latest = {}
         t_start = time.perf_counter() - self.timing["total"]
+        if self.step == 0 and t.probe_every:
+            self.probe()
         while self.step < t.steps:
             loss, terms = self.train_step()
             sums = terms if sums is None else {k: sums[k] + terms[k] for k in terms}
@@ -210,6 +221,8 @@ class Trainer:
                 self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
                 bar.set_postfix(loss=f"{sum(means.values()):.2e}", AP=f"{latest.get('AP', float('nan')):.3f}")
                 sums, count = None, 0
+            if t.probe_every and (self.step % t.probe_every == 0 or self.step == t.steps):
+                self.probe()
             if self.step % t.eval_every == 0 or self.step == t.steps:
                 latest = self.evaluate()
                 self.timing["total"] = time.perf_counter() - t_start
@@ -218,11 +231,12 @@ class Trainer:
         bar.close()
         self.timing["total"] = time.perf_counter() - t_start
         final = {r["name"]: r["value"] for r in self.metrics if r["split"] == "val" and r["step"] == self.step}
-        train_time = self.timing["total"] - self.timing["eval"]
+        train_time = self.timing["total"] - self.timing["eval"] - self.timing["probe"]
         self.save()
         return self.run.update_manifest(
             status="done", finished=time.time(), final=final, steps=self.step,
             timing=dict(self.timing, data_share=self.timing["data"] / max(train_time, 1e-9),
+                        probe_share=self.timing["probe"] / max(self.timing["total"], 1e-9),
                         seconds_per_step=train_time / max(self.step, 1)))
 
 

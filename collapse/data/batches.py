@@ -1,7 +1,7 @@
 """Batch streams: sample store rows, make views on the device, render targets. No per-sample Python."""
 import torch
 
-from ..augment import ViewMaker, normalise, store_to_input, swap_flipped, transform_points, warp
+from ..augment import ViewMaker, normalise, normalise_float, store_to_input, swap_flipped, transform_points, warp
 from ..heatmaps import gaussian_targets
 
 
@@ -39,9 +39,32 @@ class Batches:
         return dict(x=x, target=target, weight=weight)
 
     def unlabeled(self, n):
-        """Easy-augmented unlabeled crops (labels kept only for probes), with the view that made them."""
+        """Unlabeled crops in the store frame (float 0..255) with their easy view; methods derive more views
+        with `view`. Ground-truth keypoints ride along for probes only, never for losses."""
         idx = self._indices(self.unlabeled_pool, n)
         crops, kps = self.unlabeled_pool.fetch(idx)
         E, flip = self.views.easy(n, self.device)
-        A = E @ self.base(n, self.unlabeled_pool)
-        return dict(x=warp(normalise(crops), A, self.input_hw), A=A, flip=flip, keypoints=kps, index=idx)
+        return dict(crops=crops.permute(0, 3, 1, 2).float(), base=self.base(n, self.unlabeled_pool),
+                    easy=E, flip=flip, keypoints=kps, index=idx)
+
+    def view(self, unl, kind="easy", photometric=None, extra=None):
+        """One view of an unlabeled batch -> (image, A, flip). kind: easy (the batch's easy view), hard
+        (extra affine o easy), fresh (an independent easy view of equal strength)."""
+        n = len(unl["crops"])
+        if kind == "fresh":
+            E, flip = self.views.easy(n, self.device)
+        else:
+            E, flip = unl["easy"], unl["flip"]
+            if kind == "hard":
+                E = (self.views.extra(n, self.device) if extra is None else extra) @ E
+        A = E @ unl["base"]
+        crops = unl["crops"] if photometric is None else photometric(unl["crops"])
+        return warp(normalise_float(crops), A, self.input_hw), A, flip
+
+    def transport(self, heat, A_from, flip_from, A_to, flip_to):
+        """Carry heatmaps predicted in one view's frame into another's (joint channels swapped where the
+        two views differ by a mirror). Heatmaps and images share normalised coordinates."""
+        rel = A_to @ torch.linalg.inv(A_from)
+        s = torch.diag(torch.tensor([1.0 / self.stride, 1.0 / self.stride, 1.0], device=heat.device))
+        moved = warp(heat, s @ rel @ torch.linalg.inv(s), self.heatmap_hw)
+        return swap_flipped(moved, flip_from != flip_to)

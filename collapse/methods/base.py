@@ -1,31 +1,66 @@
 import math
 
+import torch
+
+from ..augment import joint_cutout, randaugment, swap_flipped, transform_points
+from ..heatmaps import decode
+
 
 def heatmap_mse(pred, target, weight=None):
-    """0.5 * mean squared error over (B,J,H,W), joints masked by weight (B,J): the JointsMSELoss."""
+    """0.5 * mean squared error over (B,J,H,W); weight is (B,J) per joint or (B,J,H,W) per pixel."""
     diff = (pred - target) ** 2
     if weight is not None:
-        diff = diff * weight[..., None, None]
+        diff = diff * (weight[..., None, None] if weight.dim() == 2 else weight)
     return 0.5 * diff.mean()
 
 
 class Method:
+    """Base recipe: labeled loss only. Subclasses add `unsupervised` terms."""
     nets = 1
     uses_unlabeled = False
+    default_sup_weight = 1.0
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    @property
+    def sup_weight(self):
+        return self.default_sup_weight if self.cfg.sup_weight < 0 else self.cfg.sup_weight
 
     def unsup_weight(self, step):
         """unsup_weight with the usual sigmoid ramp-up exp(-5 (1 - t)^2) over `rampup` steps."""
         w, r = self.cfg.unsup_weight, self.cfg.rampup
         if r <= 0 or step >= r:
             return w
-        t = step / r
-        return w * math.exp(-5 * (1 - t) ** 2)
+        return w * math.exp(-5 * (1 - step / r) ** 2)
+
+    def setup(self, ctx):
+        pass
 
     def unsupervised(self, ctx, unl):
         return {}
 
     def after_step(self, ctx):
         pass
+
+    # -- shared pieces of the recipes ----------------------------------------------------------
+    def student_view(self, ctx, unl, kind, extra=None):
+        ra = None
+        if self.cfg.randaugment:
+            ra = lambda c: randaugment(c, ctx.batches.gen, self.cfg.ra_ops, self.cfg.ra_magnitude)
+        return ctx.batches.view(unl, kind, ra, extra)
+
+    def cut(self, ctx, x, teacher_heat, teacher_view, student_view):
+        """Joint cutout: blank patches of the student's input where the teacher sees joints."""
+        if not self.cfg.joint_cutout:
+            return x
+        (_, At, ft), (_, As, fs) = teacher_view, student_view
+        xy, _ = decode(teacher_heat.detach().float())
+        pts = transform_points(As @ torch.linalg.inv(At), xy * ctx.batches.stride)
+        return joint_cutout(x, swap_flipped(pts, ft != fs), self.cfg.joint_cutout, ctx.batches.gen)
+
+    @staticmethod
+    def target(ctx, teacher_heat, teacher_view, student_view):
+        """The teacher's heatmap carried into the student's frame, with the gradient stopped."""
+        (_, At, ft), (_, As, fs) = teacher_view, student_view
+        return ctx.batches.transport(teacher_heat.detach().float(), At, ft, As, fs)

@@ -1,0 +1,115 @@
+"""The consistency family the paper shows collapsing, each a few lines over predictions."""
+import copy
+
+import torch
+
+from .base import Method, heatmap_mse
+from .registry import register
+
+
+@register("consistency")
+class Consistency(Method):
+    """Naive consistency: two views of equal strength, the loss between them with gradient through both,
+    so both predictions are pulled toward their middle (and, with background dominant, toward zero)."""
+    uses_unlabeled = True
+
+    def unsupervised(self, ctx, unl):
+        net = ctx.nets[0]
+        a = self.student_view(ctx, unl, "easy")
+        b = self.student_view(ctx, unl, "fresh")
+        pa, pb = net(a[0]).float(), net(b[0]).float()
+        return {"unsup": heatmap_mse(pb, ctx.batches.transport(pa, a[1], a[2], b[1], b[2]))}
+
+
+class TeacherStudent(Method):
+    """A teacher predicts on one view without gradient; its heatmap, carried into the student's view,
+    is the student's target. Subclasses choose the teacher and weigh the loss."""
+    uses_unlabeled = True
+    views = ("easy", "fresh")
+
+    def teacher(self, ctx):
+        return ctx.nets[0]
+
+    def weight(self, teacher_heat, target):
+        return None
+
+    def unsupervised(self, ctx, unl):
+        tv = ctx.batches.view(unl, self.views[0])
+        with torch.no_grad():
+            heat = self.teacher(ctx)(tv[0]).float()
+        sv = self.student_view(ctx, unl, self.views[1])
+        x = self.cut(ctx, sv[0], heat, tv, sv)
+        target = self.target(ctx, heat, tv, sv)
+        pred = ctx.nets[0](x).float()
+        return {"unsup": heatmap_mse(pred, target, self.weight(heat, target))}
+
+
+@register("mean_teacher")
+class MeanTeacher(TeacherStudent):
+    """EMA teacher (the paper's B1/B2 with ema 0.99/0.999)."""
+
+    def setup(self, ctx):
+        ema = copy.deepcopy(ctx.nets[0]).eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
+        ctx.teachers = [ema]
+
+    def teacher(self, ctx):
+        return ctx.teachers[0]
+
+    @torch.no_grad()
+    def after_step(self, ctx):
+        a = self.cfg.ema
+        for t, s in zip(ctx.teachers[0].parameters(), ctx.nets[0].parameters()):
+            t.lerp_(s, 1 - a)
+        for t, s in zip(ctx.teachers[0].buffers(), ctx.nets[0].buffers()):
+            t.copy_(s)
+
+
+@register("threshold")
+class Threshold(TeacherStudent):
+    """Teacher-confidence mask: joints whose teacher peak is below tau carry no loss (A1-A4)."""
+
+    def weight(self, teacher_heat, target):
+        return (teacher_heat.amax((2, 3)) >= self.cfg.tau).float()
+
+
+@register("reweight")
+class Reweight(TeacherStudent):
+    """Class re-weighting: foreground pixels of the target weigh fg_weight, background 1 (C)."""
+
+    def weight(self, teacher_heat, target):
+        return 1 + (self.cfg.fg_weight - 1) * (target > self.cfg.fg_threshold).float()
+
+
+@register("easy_hard")
+class EasyHard(TeacherStudent):
+    """Single network, its own easy-view prediction teaches its hard view (PoseCons). `pair` gives the
+    paper's D1-D3 ablations: easy_easy, hard_hard, hard_easy (teacher view _ student view)."""
+
+    @property
+    def views(self):
+        t, s = self.cfg.pair.split("_")
+        return t, ("fresh" if s == t == "easy" else s)
+
+
+@register("dual")
+class Dual(Method):
+    """Two networks; each one's easy-view prediction teaches the other's hard view (PoseDual). One extra
+    affine per sample is shared by both hard views; joint cutout masks where the *other* net sees joints."""
+    nets = 2
+    uses_unlabeled = True
+    default_sup_weight = 0.5
+
+    def unsupervised(self, ctx, unl):
+        tv = ctx.batches.view(unl, "easy")
+        with torch.no_grad():
+            heats = [net(tv[0]).float() for net in ctx.nets]
+        extra = ctx.batches.views.extra(len(tv[0]), tv[0].device)
+        terms = {}
+        for i, net in enumerate(ctx.nets):
+            other = heats[1 - i]
+            sv = self.student_view(ctx, unl, "hard", extra)
+            x = self.cut(ctx, sv[0], other, tv, sv)
+            terms[f"unsup{i}"] = heatmap_mse(net(x).float(), self.target(ctx, other, tv, sv))
+        return terms

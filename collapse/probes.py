@@ -1,0 +1,74 @@
+"""Response statistics recorded while training: how collapse is made visible.
+
+Every `train.probe_every` steps, on fixed probe sets (the first `train.probe_size` unlabeled and
+validation crops, un-augmented), in eval mode, on the device. Only raw statistics are recorded, as tidy
+rows (step, split, net, joint, name, param, value); `analysis` turns them into curves and detectors.
+  max_response        per joint (joint=-1: mean over joints) mean over crops of the heatmap's peak
+  hist                share of pixel responses in log-spaced bins (param = the bin's lower edge)
+  fg_area             share of pixels above tau (param = tau): the heatmap's foreground
+  gt_bg_share         share of ground-truth joint pixels (target > 0.5) below tau: joints called background
+  agree_mse/agree_px  teacher-student (EMA) or net-net (dual) heatmap MSE and peak distance (heatmap px)
+"""
+import numpy as np
+import torch
+
+from .augment import normalise, store_to_input, warp
+from .heatmaps import decode
+
+TAUS = (0.1, 0.2, 0.3, 0.4, 0.5)
+HIST_EDGES = np.concatenate([[-np.inf, 0.0], np.logspace(-3, 0, 13), [np.inf]])
+
+
+class Prober:
+    def __init__(self, batches, pools, size):
+        """pools: {split: Pool}; the probe set of each is its first `size` rows, fixed for the run."""
+        self.batches = batches
+        self.sets = {}
+        for split, pool in pools.items():
+            if pool is None or len(pool) == 0:
+                continue
+            idx = torch.arange(min(size, len(pool)))
+            crops, kps = pool.fetch(idx)
+            A = store_to_input(len(idx), pool.store.store_hw, batches.input_hw, batches.device)
+            target, weight = batches.targets(A, torch.zeros(len(idx), dtype=torch.bool, device=A.device), kps)
+            self.sets[split] = (warp(normalise(crops), A, batches.input_hw), target, weight)
+        self.edges = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float32)
+
+    @torch.no_grad()
+    def __call__(self, step, nets, teachers):
+        rows = []
+        add = lambda split, net, joint, name, param, value: rows.append(
+            (step, split, net, joint, name, float(param), float(value)))
+        for split, (x, target, weight) in self.sets.items():
+            heats = []
+            for i, net in enumerate(nets):
+                was = net.training
+                net.eval()
+                h = net(x).float()
+                net.train(was)
+                heats.append(h)
+                peak = h.amax((2, 3)).mean(0).cpu().numpy()
+                for j, v in enumerate(peak):
+                    add(split, i, j, "max_response", np.nan, v)
+                add(split, i, -1, "max_response", np.nan, peak.mean())
+                counts = torch.bucketize(h.flatten().cpu(), self.edges, right=True).bincount(minlength=len(HIST_EDGES) - 1)
+                for edge, c in zip(HIST_EDGES[:-1], (counts / counts.sum()).numpy()):
+                    add(split, i, -1, "hist", edge, c)
+                gt = (target > 0.5) & (weight[..., None, None] > 0)
+                n_gt = gt.sum().clamp(min=1)
+                for tau in TAUS:
+                    add(split, i, -1, "fg_area", tau, (h > tau).float().mean())
+                    add(split, i, -1, "gt_bg_share", tau, ((h < tau) & gt).sum() / n_gt)
+            pairs = []
+            if len(nets) == 2:
+                pairs.append((heats[0], heats[1]))
+            elif teachers and teachers[0] is not nets[0]:
+                pairs.append((teachers[0](x).float(), heats[0]))
+            for a, b in pairs:
+                dist = (decode(a)[0] - decode(b)[0]).norm(dim=-1).mean()
+                add(split, 0, -1, "agree_mse", np.nan, ((a - b) ** 2).mean())
+                add(split, 0, -1, "agree_px", np.nan, dist)
+        return rows
+
+
+PROBE_COLUMNS = ["step", "split", "net", "joint", "name", "param", "value"]
