@@ -31,6 +31,13 @@ def _atomic_write_bytes(path, data):
         raise
 
 
+def atomic_write_bytes_from(path, write):
+    """Atomically write what `write(file_object)` writes (e.g. a matplotlib savefig)."""
+    buf = io.BytesIO()
+    write(buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_text(path, text):
     _atomic_write_bytes(path, text.encode())
 
@@ -71,8 +78,7 @@ class RunDir:
     """A run's folder: config.yaml, manifest.json, metrics.parquet, probes.parquet, predictions/, checkpoints."""
 
     def __init__(self, path):
-        self.path = path
-        os.makedirs(path, exist_ok=True)
+        self.path = path  # created by the first write, never by reading
 
     def file(self, *parts):
         return os.path.join(self.path, *parts)

@@ -1,0 +1,52 @@
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from collapse.cli import main
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "collapse", *args], capture_output=True, text=True)
+
+
+def test_train_writes_the_run_folder_contract(synth_root, tmp_path):
+    out = str(tmp_path / "run")
+    rc = main(["train", "configs/demo.yaml", f"data.root={synth_root}", "method.name=dual", "model.width=8",
+               "train.steps=6", "train.eval_every=3", "train.log_every=3", "train.probe_every=3",
+               "train.device=cpu", "--out", out, "--quiet"])
+    assert rc == 0
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert m["status"] == "done" and len(m["run_id"]) == 10 and m["versions"]["torch"]
+    assert 0 < m["timing"]["data_share"] < 1
+    metrics = pd.read_parquet(os.path.join(out, "metrics.parquet"))
+    assert list(metrics.columns) == ["step", "split", "name", "value"]
+    assert {"AP/net0", "AP/net1", "PCK@0.1/net0", "loss/sup0", "loss/unsup1"} <= set(metrics.name)
+    assert sorted(metrics[metrics.name == "AP/net0"].step) == [3, 6]
+    probes = pd.read_parquet(os.path.join(out, "probes.parquet"))
+    assert {"max_response", "hist", "fg_area", "gt_bg_share", "agree_mse"} <= set(probes.name)
+    assert set(probes.split) == {"unlabeled", "val"} and set(probes.step) == {0, 3, 6}
+    preds = json.load(open(os.path.join(out, "predictions", "step0000006_net0.json")))
+    assert len(preds) > 0 and len(preds[0]["keypoints"]) == 51
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    # started again on a finished run: nothing retrained, same manifest
+    assert main(["train", "configs/demo.yaml", f"data.root={synth_root}", "method.name=dual", "model.width=8",
+                 "train.steps=6", "train.eval_every=3", "train.log_every=3", "train.probe_every=3",
+                 "train.device=cpu", "--out", out, "--quiet"]) == 0
+    assert json.load(open(os.path.join(out, "manifest.json")))["started"] == m["started"]
+
+
+def test_user_mistakes_are_one_line_and_exit_2(synth_root, tmp_path):
+    out = tmp_path / "never"
+    for args in (["train", "configs/demo.yaml", "train.stepz=1"],
+                 ["train", "configs/missing.yaml"],
+                 ["train", "configs/demo.yaml", "method.name=nope", f"data.root={synth_root}"],
+                 ["train", "configs/demo.yaml", "model.name=vgg", f"data.root={synth_root}"],
+                 ["train", "configs/demo.yaml", f"data.root={synth_root}", "data.labeled=100000"]):
+        r = _cli(*args, "--out", str(out))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("collapse: error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        assert not out.exists()
