@@ -84,3 +84,16 @@ def test_ground_truth_scores_ap_one_and_jitter_lowers_it_in_order(synth_root):
     assert pck(kp[..., :2], inst["keypoints"], inst["bbox"]) == 1.0
     aps = [coco_ap(coco, _gt_results(coco, j)[2], inst["image_id"])["AP"] for j in (0.02, 0.05, 0.1, 0.2)]
     assert 1.0 > aps[0] > aps[1] > aps[2] > aps[3] >= 0.0, aps
+
+
+def test_prepare_synthetic_command_loads_in_pycocotools(tmp_path):
+    from pycocotools.coco import COCO
+
+    from collapse.cli import main
+    out = str(tmp_path / "syn")
+    assert main(["prepare", "synthetic", "--out", out, "--train", "6", "--val", "3", "--seed", "1", "--workers", "1"]) == 0
+    for split, n in (("train", 6), ("val", 3)):
+        coco = COCO(annotation_path(out, split))
+        assert len(coco.getImgIds()) == n and len(coco.getAnnIds()) >= n - 1
+        assert len(os.listdir(os.path.join(out, "images", split))) == n
+    assert main(["prepare", "synthetic", "--out", out, "--train", "0"]) == 2

@@ -31,6 +31,10 @@ def test_train_writes_the_run_folder_contract(synth_root, tmp_path):
     preds = json.load(open(os.path.join(out, "predictions", "step0000006_net0.json")))
     assert len(preds) > 0 and len(preds[0]["keypoints"]) == 51
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    import analysis
+    runs, rows = analysis.load(str(tmp_path))
+    assert list(runs.run) == ["run"] and runs["method.name"].iloc[0] == "dual" and runs.status.iloc[0] == "done"
+    assert len(rows) == len(metrics) and set(rows.run) == {"run"}
     # started again on a finished run: nothing retrained, same manifest
     assert main(["train", "configs/demo.yaml", f"data.root={synth_root}", "method.name=dual", "model.width=8",
                  "train.steps=6", "train.eval_every=3", "train.log_every=3", "train.probe_every=3",
