@@ -38,3 +38,11 @@ def test_extends_and_unknown_file(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: c.yaml\n")
     with pytest.raises(ConfigError, match="loop"):
         config.load(str(tmp_path / "c.yaml"))
+
+
+def test_every_shipped_config_loads():
+    import glob
+    paths = sorted(glob.glob("configs/*.yaml") + glob.glob("configs/methods/*.yaml"))
+    assert len(paths) >= 15
+    names = {config.load(p).method.name for p in paths}
+    assert names == {"supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual"}

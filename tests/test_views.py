@@ -97,3 +97,25 @@ def test_decode_quarter_shift_and_subpixel():
     xy, conf = decode(h)
     assert (xy - torch.tensor([6.3, 8.8])).abs().max() <= 0.26
     assert 0.9 < conf.item() <= 1.0
+
+
+def test_joint_cutout_blanks_patches_at_the_joints_only():
+    from collapse.augment import joint_cutout
+    gen = torch.Generator().manual_seed(0)
+    x = torch.ones(4, 3, 256, 192)
+    joints = torch.tensor([60.0, 80.0]).expand(4, 17, 2).clone()
+    out = joint_cutout(x, joints, 5, gen)
+    assert (out[:, :, 80, 60] == 0).float().mean() > 0.5  # jitter may move a patch off the joint, rarely
+    assert (out[:, :, 250, 190] == 1).all() and out.shape == x.shape
+    blanked = (out[:, 0] == 0).float().mean((1, 2))
+    assert ((blanked > 0) & (blanked < 0.2)).all()
+
+
+def test_randaugment_is_photometric_and_in_range():
+    from collapse.augment import randaugment
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 3, 64, 48) * 255
+    y = randaugment(x, gen, 2, 20)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255
+    changed = (y - x).abs().mean((1, 2, 3)) > 1
+    assert changed.float().mean() > 0.7
