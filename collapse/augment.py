@@ -152,7 +152,7 @@ def randaugment(x, gen, n_ops=2, magnitude=20):
             if pick.any():
                 out = torch.where(pick, op(x), out)
         x = out
-    return x
+    return x.clamp(0, 255)
 
 
 def cutout(x, size, gen, fill):
