@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from . import runs
-from .config import Config
+from .config import Config, ConfigError
 from .data import synthetic
 from .data.batches import Batches
 from .data.coco import DataError, annotation_path, load_coco
@@ -243,6 +243,10 @@ class Trainer:
 def train(cfg: Config, out, progress=True):
     """Train one run into folder `out`; resumes from its checkpoint; returns the manifest."""
     m = runs.RunDir(out).manifest()
-    if m.get("status") == "done" and m.get("run_id") == runs.run_id(cfg.to_dict()):
+    rid = runs.run_id(cfg.to_dict())
+    if m.get("run_id") not in (None, rid):
+        raise ConfigError(f"{out} holds run {m['run_id']} of another config (this one is {rid}): "
+                          "choose another --out")
+    if m.get("status") == "done":
         return m
     return Trainer(cfg, out, progress).fit()

@@ -40,6 +40,9 @@ def test_train_writes_the_run_folder_contract(synth_root, tmp_path):
                  "train.steps=6", "train.eval_every=3", "train.log_every=3", "train.probe_every=3",
                  "train.device=cpu", "--out", out, "--quiet"]) == 0
     assert json.load(open(os.path.join(out, "manifest.json")))["started"] == m["started"]
+    # a different config never resumes from another run's checkpoint
+    r = _cli("train", "configs/demo.yaml", f"data.root={synth_root}", "method.name=dual", "train.steps=7", "--out", out)
+    assert r.returncode == 2 and "another config" in r.stderr
 
 
 def test_user_mistakes_are_one_line_and_exit_2(synth_root, tmp_path):
@@ -54,3 +57,16 @@ def test_user_mistakes_are_one_line_and_exit_2(synth_root, tmp_path):
         assert r.stderr.startswith("collapse: error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
         assert not out.exists()
+
+
+def test_demo_runs_every_method_and_writes_table_and_figure(synth_root, tmp_path):
+    out = str(tmp_path / "demo")
+    rc = main(["demo", "--out", out, "--seed", "1", f"data.root={synth_root}", "model.width=8",
+               "train.steps=4", "train.eval_every=2", "train.probe_every=2", "train.probe_size=16"])
+    assert rc == 0
+    table = open(os.path.join(out, "table.md")).read()
+    for name in ("supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual"):
+        assert name in table
+        assert json.load(open(os.path.join(out, name, "manifest.json")))["status"] == "done"
+    for ext in ("png", "pdf"):
+        assert os.path.getsize(os.path.join(out, f"collapse_curves.{ext}")) > 10_000
