@@ -5,8 +5,6 @@ import sys
 
 from .config import ConfigError
 
-USER_ERRORS = (ConfigError,)
-
 
 def _user_errors():
     from .data.coco import DataError

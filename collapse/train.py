@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from . import runs
+from .augment import transform_points
 from .config import Config, ConfigError
 from .data import synthetic
 from .data.batches import Batches
@@ -103,7 +104,6 @@ class Trainer:
         self.val_gt = load_coco(annotation_path(cfg.data.root, cfg.data.val_split))
         vk = val_store.meta["keypoints"][self.val_pool.rows]
         crop = torch.as_tensor(val_store.meta["crop"][self.val_pool.rows])
-        from .augment import transform_points
         self.val_keypoints = np.concatenate(
             [transform_points(torch.linalg.inv(crop), torch.as_tensor(vk[..., :2]).double()).numpy(), vk[..., 2:]], -1)
         self.val_bbox = val_store.meta["bbox"][self.val_pool.rows]

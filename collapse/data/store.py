@@ -79,7 +79,6 @@ def build(root, split, input_hw, margin, progress=False):
     tmp = os.path.join(path, "crops.u8.partial")
     crops = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, *shw, 3))
     affines = crop_affines(inst["bbox"], input_hw, shw)
-    order = np.arange(n)
     starts = np.flatnonzero(np.r_[True, inst["image_id"][1:] != inst["image_id"][:-1]])
     ends = np.r_[starts[1:], n]
     it = zip(starts, ends)
@@ -102,7 +101,7 @@ def build(root, split, input_hw, margin, progress=False):
     kp[..., :2] = transform_points(affines, torch.as_tensor(kp[..., :2])).numpy()
     np.savez(os.path.join(path, "meta.npz"), image_id=inst["image_id"], ann_id=inst["ann_id"],
              bbox=inst["bbox"], area=inst["area"], keypoints=kp.astype(np.float32),
-             crop=affines.numpy(), row=order)
+             crop=affines.numpy())
     os.replace(tmp, os.path.join(path, "crops.u8"))
     atomic_write_json(os.path.join(path, "info.json"), dict(
         count=n, store_hw=list(shw), input_hw=list(input_hw), margin=margin, split=split,
