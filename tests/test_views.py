@@ -20,15 +20,22 @@ def _argmax_xy(h):
     return xy
 
 
-def test_easy_and_hard_views_put_targets_where_matrices_say():
-    gen = torch.Generator().manual_seed(0)
+def _random_views(seed, n=64):
+    """Joints, unit weights, an easy view (with its flips) and an extra affine, all rotations on."""
+    gen = torch.Generator().manual_seed(seed)
     vm = ViewMaker(AugmentConfig(rot_prob=1.0, flip=0.5, hard_rot_prob=1.0), HW, gen)
-    n = 64
     pts = _points(n, gen)
-    ones = torch.ones(n, 17)
-    base = gaussian_targets(pts / STRIDE, ones, HM, SIGMA)  # targets in the source frame
     E, flip = vm.easy(n, "cpu")
-    X = vm.extra(n, "cpu")
+    return pts, torch.ones(n, 17), E, flip, vm.extra(n, "cpu")
+
+
+def _inside(expect):
+    return (expect > 1).all(-1) & (expect[..., 0] < HM[1] - 1) & (expect[..., 1] < HM[0] - 1)
+
+
+def test_easy_and_hard_views_put_targets_where_matrices_say():
+    pts, ones, E, flip, X = _random_views(0)
+    base = gaussian_targets(pts / STRIDE, ones, HM, SIGMA)  # targets in the source frame
     assert flip.any() and (~flip).any()
     for A in (E, X @ E):
         # warp the source heatmap into the view, swap joints where mirrored
@@ -37,7 +44,7 @@ def test_easy_and_hard_views_put_targets_where_matrices_say():
         expect = swap_flipped(transform_points(A, pts), flip) / STRIDE
         # and the target rendered directly in the view
         direct = gaussian_targets(expect, ones, HM, SIGMA)
-        inside = ((expect > 1).all(-1) & (expect[..., 0] < HM[1] - 1) & (expect[..., 1] < HM[0] - 1))
+        inside = _inside(expect)
         assert inside.float().mean() > 0.8
         for h in (warped, direct):
             err = (_argmax_xy(h) - expect).norm(dim=-1)
@@ -45,13 +52,8 @@ def test_easy_and_hard_views_put_targets_where_matrices_say():
 
 
 def test_easy_to_hard_transport_matches_hard_view():
-    gen = torch.Generator().manual_seed(1)
-    vm = ViewMaker(AugmentConfig(rot_prob=1.0, hard_rot_prob=1.0, flip=0.5), HW, gen)
-    n = 64
-    pts = _points(n, gen)
-    ones = torch.ones(n, 17)
-    E, flip = vm.easy(n, "cpu")
-    X = vm.extra(n, "cpu")
+    pts, ones, E, flip, X = _random_views(1)
+    n = len(pts)
     easy_pts = swap_flipped(transform_points(E, pts), flip)
     easy_heat = gaussian_targets(easy_pts / STRIDE, ones, HM, SIGMA)
     hard_pts = swap_flipped(transform_points(X @ E, pts), flip)
@@ -59,7 +61,7 @@ def test_easy_to_hard_transport_matches_hard_view():
     S = torch.diag(torch.tensor([1 / STRIDE, 1 / STRIDE, 1.0]))
     moved = warp(easy_heat, S @ X @ torch.linalg.inv(S), HM)
     expect = hard_pts / STRIDE
-    inside = ((expect > 1).all(-1) & (expect[..., 0] < HM[1] - 1) & (expect[..., 1] < HM[0] - 1))
+    inside = _inside(expect)
     err = (_argmax_xy(moved) - expect).norm(dim=-1)
     assert inside.float().mean() > 0.8 and err[inside].max() < 1.0
     # an image warp with X moves a bright dot to the same place
