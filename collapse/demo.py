@@ -48,7 +48,8 @@ def run_all(cfg_path, out, seed, overrides=(), jobs=2, echo=print):
             name, folder, proc = item
             if proc.poll() is not None:
                 running.remove(item)
-                folders[name] = folder
+                if proc.returncode == 0:
+                    folders[name] = folder
                 status = "done" if proc.returncode == 0 else f"failed (see {folder}.log)"
                 echo(f"  {name:<13} {status}  [{time.time() - t0:5.0f}s]")
     return {n: folders[n] for n, _ in DEMO_METHODS if n in folders}
@@ -61,6 +62,9 @@ def _final_value(metrics, name):
 
 def summarise(folders):
     """Demo table: final AP, AP change vs supervised, unlabeled peak response vs supervised, collapsed."""
+    if "supervised" not in folders:
+        from .data.coco import DataError
+        raise DataError("the supervised run failed, so there is no reference for the table")
     rows = []
     for name, folder in folders.items():
         m = pd.read_parquet(os.path.join(folder, "metrics.parquet"))
