@@ -37,8 +37,8 @@ def about_centre(rotation_deg, scale, flip, hw):
     lin[:, 0, 0], lin[:, 0, 1] = cos * sign, -sin
     lin[:, 1, 0], lin[:, 1, 1] = sin * sign, cos
     lin[:, 2, 2] = 1
-    c = torch.full_like(cos, 1.0)
-    return translate(c * w / 2, c * h / 2) @ lin @ translate(-c * w / 2, -c * h / 2)
+    one = torch.ones_like(cos)
+    return translate(one * w / 2, one * h / 2) @ lin @ translate(-one * w / 2, -one * h / 2)
 
 
 def store_to_input(n, store_hw, input_hw, device):

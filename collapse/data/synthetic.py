@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..runs import atomic_write_text
 from .skeleton import COCO_PERSON_CATEGORY, NUM_JOINTS
 
 SPLITS = {"train": 0, "val": 1}
@@ -268,7 +269,6 @@ def write_split(root, split, count, seed, workers=None):
     data = dict(info=dict(description=f"collapse synthetic persons, split {split}, seed {seed}"),
                 images=images, annotations=annotations, categories=[COCO_PERSON_CATEGORY])
     path = os.path.join(ann_dir, f"person_keypoints_{split}.json")
-    from ..runs import atomic_write_text
     atomic_write_text(path, json.dumps(data, sort_keys=True, separators=(",", ":")))
     return path
 
