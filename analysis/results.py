@@ -1,8 +1,11 @@
+"""Reading results folders into tidy pandas DataFrames. Works on runs in progress and failed runs too."""
 import json
 import os
 
 import pandas as pd
 import yaml
+
+from collapse.probes import PROBE_COLUMNS
 
 
 def _flatten(d, prefix=""):
@@ -15,31 +18,71 @@ def _flatten(d, prefix=""):
     return out
 
 
-def load(results_dir):
-    """(runs, metrics) for every run folder under results_dir, including runs in progress or failed.
+def _read_parquet(path, columns):
+    """A parquet table, or an empty one with the given columns if the run has not written it yet."""
+    return pd.read_parquet(path) if os.path.exists(path) else pd.DataFrame(columns=columns)
 
-    runs: one row per run with its manifest fields and flattened config columns;
-    metrics: the runs' metrics.parquet rows (step, split, name, value) with a `run` column.
+
+class NotResults(ValueError):
+    """The folder holds no run folders (no manifest.json below it)."""
+
+
+def run_folders(results_dir):
+    """Every run folder (one holding manifest.json) at or below results_dir, sorted."""
+    if not os.path.isdir(results_dir):
+        raise NotResults(f"results folder not found: {results_dir}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(results_dir):
+        dirnames.sort()
+        if "manifest.json" in filenames:
+            found.append(dirpath)
+            dirnames[:] = []
+    return sorted(found)
+
+
+def load(results_dir):
+    """(runs, metrics, probes) for every run folder under results_dir.
+
+    runs:    one row per run: run (path relative to results_dir), path, status, run_id, method,
+             label (method plus what distinguishes it: ema, tau, pair...), final.* metrics, and the
+             resolved config flattened to dotted columns (data.labeled, method.unsup_weight, ...);
+    metrics: step, split, name, value, run   (from each run's metrics.parquet)
+    probes:  step, split, net, joint, name, param, value, run   (from probes.parquet)
     """
-    runs, metrics = [], []
-    for dirpath, dirnames, filenames in sorted(os.walk(results_dir)):
-        if "manifest.json" not in filenames:
-            continue
-        dirnames[:] = []
-        with open(os.path.join(dirpath, "manifest.json")) as f:
-            m = json.load(f)
-        row = dict(run=os.path.relpath(dirpath, results_dir), path=dirpath, status=m.get("status"),
-                   run_id=m.get("run_id"), method=m.get("method"))
+    runs, metrics, probes = [], [], []
+    for path in run_folders(results_dir):
+        try:
+            with open(os.path.join(path, "manifest.json")) as f:
+                m = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            m = dict(status="unreadable", reason=str(e))
+        rel = os.path.relpath(path, results_dir)
+        row = dict(run=rel, path=path, status=m.get("status"), run_id=m.get("run_id"), method=m.get("method"),
+                   reason=m.get("reason"), collapse_step=m.get("collapse_step"))
         row.update({f"final.{k}": v for k, v in (m.get("final") or {}).items()})
-        cfg_path = os.path.join(dirpath, "config.yaml")
+        row.update({f"timing.{k}": v for k, v in (m.get("timing") or {}).items()})
+        cfg_path = os.path.join(path, "config.yaml")
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 row.update(_flatten(yaml.safe_load(f) or {}))
+        row["label"] = method_label(row)
         runs.append(row)
-        mp = os.path.join(dirpath, "metrics.parquet")
-        if os.path.exists(mp):
-            metrics.append(pd.read_parquet(mp).assign(run=row["run"]))
-    runs = pd.DataFrame(runs)
-    metrics = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(
-        columns=["step", "split", "name", "value", "run"])
-    return runs, metrics
+        metrics.append(_read_parquet(os.path.join(path, "metrics.parquet"), ["step", "split", "name", "value"])
+                       .assign(run=rel))
+        probes.append(_read_parquet(os.path.join(path, "probes.parquet"), PROBE_COLUMNS).assign(run=rel))
+    if not runs:
+        raise NotResults(f"no runs in {results_dir} (a run folder holds manifest.json)")
+    return pd.DataFrame(runs), pd.concat(metrics, ignore_index=True), pd.concat(probes, ignore_index=True)
+
+
+def method_label(row):
+    """A readable name for a run's method variant: 'mean_teacher (ema 0.99)', 'dual + JC5 + RA'."""
+    name = row.get("method.name", row.get("method")) or "?"
+    bits = {"mean_teacher": f" (ema {row.get('method.ema')})", "threshold": f" (tau {row.get('method.tau')})",
+            "easy_hard": "" if row.get("method.pair") in (None, "easy_hard") else f" ({row.get('method.pair')})"}
+    label = name + bits.get(name, "")
+    if row.get("method.joint_cutout"):
+        label += f" + JC{row['method.joint_cutout']}"
+    if row.get("method.randaugment"):
+        label += " + RA"
+    return label

@@ -11,7 +11,8 @@ def _user_errors():
     from .methods import MethodError
     from .models import ModelError
     from .train import DeviceError
-    return (ConfigError, DataError, MethodError, ModelError, DeviceError, FileNotFoundError)
+    from analysis.results import NotResults
+    return (ConfigError, DataError, MethodError, ModelError, DeviceError, NotResults, FileNotFoundError)
 
 
 def cmd_prepare(args):
@@ -31,7 +32,7 @@ def _default_out(cfg, base="results"):
 def _print_final(manifest):
     f = manifest.get("final", {})
     t = manifest.get("timing", {})
-    keys = [k for k in ("AP", "AP50", "AP75", "AR", "PCK@0.1") if k in f]
+    keys = [k + s for s in ("", "/net0", "/net1", "/ens") for k in ("AP", "AP50", "AR", "PCK@0.1") if k + s in f]
     print("  ".join(f"{k} {f[k]:.3f}" for k in keys))
     if t:
         print(f"wall {t['total']:.1f}s  ({t['seconds_per_step']*1000:.1f} ms/step, data path {100*t['data_share']:.1f}% of a step, "
@@ -59,6 +60,24 @@ def cmd_demo(args):
     atomic_write_text(os.path.join(args.out, "table.md"), table.to_markdown(floatfmt=".3f"))
     print(table.to_markdown(floatfmt=".3f"))
     print(f"figure: {os.path.join(args.out, 'collapse_curves.png')} (and .pdf)")
+
+
+def cmd_figures(args):
+    from analysis import write_figures
+    paths = write_figures(args.results, args.out)
+    print("\n".join(paths))
+
+
+def cmd_report(args):
+    from analysis import report
+    print(report(args.results, args.out), end="")
+    if args.out:
+        print(f"wrote {os.path.join(args.out, 'table.md')} and table.tex")
+
+
+def cmd_toy(args):
+    from analysis import toy
+    toy.run_cli(args, lambda msg: (_ for _ in ()).throw(ConfigError(msg)))
 
 
 def parser():
@@ -95,6 +114,25 @@ def parser():
     de.add_argument("--jobs", type=int, default=2, help="runs at once, one CPU thread each (default 2)")
     de.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     de.set_defaults(func=cmd_demo)
+
+    fi = sub.add_parser("figures", help="paper-ready figures of a results folder (PNG + PDF)",
+                        description="Collapse curves, response distributions (ridge), fg/bg boundary drift and "
+                        "final-AP bars of every run under RESULTS; PDF with embedded TrueType fonts, and PNG.")
+    fi.add_argument("results", help="results folder (runs anywhere below it)")
+    fi.add_argument("--out", required=True, help="folder for the figures")
+    fi.set_defaults(func=cmd_figures)
+
+    re_ = sub.add_parser("report", help="the comparison table (Markdown; LaTeX too with --out)",
+                         description="Rows = methods (+ augmentation), columns = labeled-set sizes, cells = final "
+                         "OKS AP x 100, mean +- std over seeds.")
+    re_.add_argument("results", help="results folder")
+    re_.add_argument("--out", help="also write table.md and table.tex here")
+    re_.set_defaults(func=cmd_report)
+
+    from analysis.toy import DESCRIPTION, add_arguments
+    to = sub.add_parser("toy", help="the 2-D toy study of the decision boundary", description=DESCRIPTION)
+    add_arguments(to)
+    to.set_defaults(func=cmd_toy)
     return p
 
 

@@ -86,6 +86,8 @@ class TrainConfig:
     threads: int = 0                 # torch CPU threads (0 = torch's default)
     compile: bool = False
     progress: bool = True
+    stop_on_collapse: bool = False   # end a run once its collapse index stays below collapse_ratio (status collapsed)
+    collapse_ratio: float = 0.5      # collapse index = unlabeled mean max response / the run's own peak so far
 
 
 @dataclass

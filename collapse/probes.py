@@ -72,3 +72,36 @@ class Prober:
 
 
 PROBE_COLUMNS = ["step", "split", "net", "joint", "name", "param", "value"]
+
+# -- the collapse index and detector (shared by the trainer's early stop and `analysis`) -------------
+COLLAPSE_RATIO = 0.5     # collapsed: the response fell below half of the run's own peak ...
+COLLAPSE_PATIENCE = 2    # ... at this many consecutive probes ...
+COLLAPSE_FLOOR = 0.05    # ... after the peak had exceeded this (an untrained net is not a collapsed one)
+
+
+def collapse_index(responses):
+    """Collapse index per probe: the unlabeled mean max response relative to the run's own running peak
+    (1 = at its best so far, 0 = every pixel called background). responses: values in step order."""
+    r = np.asarray(responses, dtype=float)
+    peak = np.maximum.accumulate(np.nan_to_num(r, nan=0.0)) if len(r) else r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(peak > 0, r / np.where(peak > 0, peak, 1), 1.0), peak
+
+
+def collapse_step(steps, responses, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE, floor=COLLAPSE_FLOOR):
+    """The first step of `patience` consecutive probes with index < ratio (peak above floor), or None."""
+    index, peak = collapse_index(responses)
+    low = (index < ratio) & (peak > floor)
+    run = 0
+    for i, is_low in enumerate(low):
+        run = run + 1 if is_low else 0
+        if run >= patience:
+            return int(steps[i - patience + 1])
+    return None
+
+
+def unlabeled_response(rows, net=0):
+    """(steps, responses) of the unlabeled mean max response from probe rows (tuples in PROBE_COLUMNS order)."""
+    pts = sorted((r[0], r[6]) for r in rows if r[1] == "unlabeled" and r[2] == net and r[3] == -1
+                 and r[4] == "max_response")
+    return [p[0] for p in pts], [p[1] for p in pts]

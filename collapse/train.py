@@ -17,9 +17,9 @@ from .data.coco import DataError, annotation_path, load_coco
 from .data.skeleton import NUM_JOINTS
 from .data.store import Pool, build as build_store
 from .evaluate import evaluate
-from .probes import PROBE_COLUMNS, Prober
-from .methods import build_method, heatmap_mse
-from .models import build_model
+from .probes import PROBE_COLUMNS, Prober, collapse_step, unlabeled_response
+from .methods import build_method
+from .models import Average, build_model
 
 
 class DeviceError(ValueError):
@@ -108,10 +108,9 @@ class Trainer:
             [transform_points(torch.linalg.inv(crop), torch.as_tensor(vk[..., :2]).double()).numpy(), vk[..., 2:]], -1)
         self.val_bbox = val_store.meta["bbox"][self.val_pool.rows]
 
-        self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(self.device)
-                     for _ in range(self.method.nets)]
-        if self.device.type == "cuda":
-            self.nets = [n.to(memory_format=torch.channels_last) for n in self.nets]
+        # channels_last on every device: oneDNN (CPU) and cuDNN both run NHWC convolutions faster
+        self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(
+            self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
         self.ctx = Context(self.nets, list(self.nets), self.batches)
         self.method.setup(self.ctx)
         params = [p for n in self.nets for p in n.parameters()]
@@ -153,13 +152,7 @@ class Trainer:
         autocast = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
         self.ctx.step = self.step
         with autocast:
-            terms = {}
-            for i, net in enumerate(self.forward):
-                pred = net(lab["x"]).float()
-                terms[f"sup{i}" if len(self.nets) > 1 else "sup"] = m.sup_weight * heatmap_mse(pred, lab["target"], lab["weight"])
-            if unl is not None:
-                w = m.unsup_weight(self.step)
-                terms.update({k: w * v for k, v in m.unsupervised(self.ctx, unl).items()})
+            terms = m.losses(self.ctx, lab, unl, self.forward)
         loss = sum(terms.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,10 +165,11 @@ class Trainer:
     def evaluate(self):
         t0 = time.perf_counter()
         rows = []
-        for i, net in enumerate(self.nets):
+        named = [("", self.nets[0])] if len(self.nets) == 1 else \
+            [(f"/net{i}", n) for i, n in enumerate(self.nets)] + [("/ens", Average(self.nets))]
+        for suffix, net in named:
             metrics, results = evaluate(net, self.val_pool, self.val_gt, tuple(self.cfg.data.input_size),
                                         self.cfg.data.heatmap_stride, self.val_keypoints, self.val_bbox)
-            suffix = "" if len(self.nets) == 1 else f"/net{i}"
             rows += [dict(step=self.step, split="val", name=k + suffix, value=v) for k, v in metrics.items()]
             runs.atomic_write_json(self.run.file("predictions", f"step{self.step:07d}{suffix.replace('/', '_')}.json"), results)
         self.metrics += rows
@@ -205,7 +199,7 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc=cfg.method.name,
                    dynamic_ncols=True, leave=False)
         sums, count = None, 0
-        latest = {}
+        latest, collapsed = {}, None
         t_start = time.perf_counter() - self.timing["total"]
         if self.step == 0 and t.probe_every:
             self.probe()
@@ -221,20 +215,29 @@ class Trainer:
                 self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
                 bar.set_postfix(loss=f"{sum(means.values()):.2e}", AP=f"{latest.get('AP', float('nan')):.3f}")
                 sums, count = None, 0
+            collapsed = None
             if t.probe_every and (self.step % t.probe_every == 0 or self.step == t.steps):
                 self.probe()
-            if self.step % t.eval_every == 0 or self.step == t.steps:
+                if t.stop_on_collapse:
+                    collapsed = collapse_step(*unlabeled_response(self.probes), ratio=t.collapse_ratio)
+            if collapsed is not None or self.step % t.eval_every == 0 or self.step == t.steps:
                 latest = self.evaluate()
                 self.timing["total"] = time.perf_counter() - t_start
                 self.save()
                 bar.set_postfix(AP=f"{latest.get('AP', float('nan')):.3f}")
+            if collapsed is not None:
+                break
         bar.close()
         self.timing["total"] = time.perf_counter() - t_start
         final = {r["name"]: r["value"] for r in self.metrics if r["split"] == "val" and r["step"] == self.step}
         train_time = self.timing["total"] - self.timing["eval"] - self.timing["probe"]
         self.save()
+        end = dict(status="done")
+        if self.step < t.steps:
+            end = dict(status="collapsed", collapse_step=collapsed, reason=(
+                f"unlabeled response below {t.collapse_ratio} x its peak since step {collapsed}"))
         return self.run.update_manifest(
-            status="done", finished=time.time(), final=final, steps=self.step,
+            **end, finished=time.time(), final=final, steps=self.step,
             timing=dict(self.timing, data_share=self.timing["data"] / max(train_time, 1e-9),
                         probe_share=self.timing["probe"] / max(self.timing["total"], 1e-9),
                         seconds_per_step=train_time / max(self.step, 1)))
@@ -247,6 +250,6 @@ def train(cfg: Config, out, progress=True):
     if m.get("run_id") not in (None, rid):
         raise ConfigError(f"{out} holds run {m['run_id']} of another config (this one is {rid}): "
                           "choose another --out")
-    if m.get("status") == "done":
+    if m.get("status") in ("done", "collapsed"):
         return m
     return Trainer(cfg, out, progress).fit()

@@ -23,7 +23,7 @@ def test_train_writes_the_run_folder_contract(synth_root, tmp_path):
     assert 0 < m["timing"]["data_share"] < 1
     metrics = pd.read_parquet(os.path.join(out, "metrics.parquet"))
     assert list(metrics.columns) == ["step", "split", "name", "value"]
-    assert {"AP/net0", "AP/net1", "PCK@0.1/net0", "loss/sup0", "loss/unsup1"} <= set(metrics.name)
+    assert {"AP/net0", "AP/net1", "AP/ens", "PCK@0.1/net0", "loss/sup0", "loss/unsup1"} <= set(metrics.name)
     assert sorted(metrics[metrics.name == "AP/net0"].step) == [3, 6]
     probes = pd.read_parquet(os.path.join(out, "probes.parquet"))
     assert {"max_response", "hist", "fg_area", "gt_bg_share", "agree_mse"} <= set(probes.name)
@@ -32,9 +32,9 @@ def test_train_writes_the_run_folder_contract(synth_root, tmp_path):
     assert len(preds) > 0 and len(preds[0]["keypoints"]) == 51
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
     import analysis
-    runs, rows = analysis.load(str(tmp_path))
+    runs, rows, probe_rows = analysis.load(str(tmp_path))
     assert list(runs.run) == ["run"] and runs["method.name"].iloc[0] == "dual" and runs.status.iloc[0] == "done"
-    assert len(rows) == len(metrics) and set(rows.run) == {"run"}
+    assert len(rows) == len(metrics) and set(rows.run) == {"run"} and len(probe_rows) == len(probes)
     # started again on a finished run: nothing retrained, same manifest
     assert main(["train", "configs/demo.yaml", f"data.root={synth_root}", "method.name=dual", "model.width=8",
                  "train.steps=6", "train.eval_every=3", "train.log_every=3", "train.probe_every=3",

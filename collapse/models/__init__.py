@@ -1,4 +1,7 @@
 """Pose networks, by name: a tiny CPU net and SimpleBaseline ResNets. All map (B,3,H,W) to (B,J,H/s,W/s)."""
+import torch
+import torch.nn as nn
+
 from .resnet import SimpleBaseline, load_torchvision_backbone
 from .tiny import TinyPose
 
@@ -22,3 +25,14 @@ def build_model(cfg, joints, stride):
             raise ModelError("model.pretrained applies to resnet models only")
         load_torchvision_backbone(net.backbone, cfg.pretrained)
     return net
+
+
+class Average(nn.Module):
+    """The mean heatmap of several networks (the dual's ensemble, evaluated beside each net as the paper's code does)."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x):
+        return torch.stack([n(x).float() for n in self.nets]).mean(0)

@@ -104,6 +104,7 @@ class SimpleBaseline(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x):
+        x = x.contiguous(memory_format=torch.channels_last)  # the nets are kept channels_last (faster convs)
         return self.head(self.deconv(self.backbone(x)))
 
 

@@ -1,0 +1,87 @@
+"""Collapse curves, the collapse index, and the detector over results folders.
+
+Two indices of the unlabeled mean max response, and a detector with two triggers:
+- `index` (collapse/probes.py, shared with the trainer's `train.stop_on_collapse`): the response over the
+  run's own running peak. Trigger: COLLAPSE_PATIENCE consecutive probes below COLLAPSE_RATIO, once the peak
+  has passed COLLAPSE_FLOOR. It needs nothing but the run, but cannot see a run that never rose.
+- `vs_supervised`: the response over that of the supervised run of the same setting (same config apart
+  from method.*) at the same step: the demo table's measure. Trigger: COLLAPSE_PATIENCE consecutive probes
+  below REFERENCE_RATIO, once the supervised response has passed COLLAPSE_FLOOR.
+A run's collapse step is the earlier of the two (None if neither fires).
+"""
+import numpy as np
+import pandas as pd
+
+from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, collapse_index, collapse_step
+
+REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
+
+IGNORED = ("train.device", "train.threads", "train.progress", "train.stop_on_collapse", "train.collapse_ratio")
+
+
+def setting_key(runs):
+    """Per run, a key for 'the same setting apart from the method' (to find its supervised reference)."""
+    cols = sorted(c for c in runs.columns if "." in c and c.split(".")[0] in
+                  ("data", "augment", "model", "train") and c not in IGNORED)
+    return runs[cols].astype(str).agg("|".join, axis=1) if cols else pd.Series("", index=runs.index)
+
+
+def unlabeled_response(probes, net=0):
+    """run, step, response: the unlabeled mean (over crops and joints) max response of net `net`."""
+    p = probes[(probes.split == "unlabeled") & (probes.name == "max_response") & (probes.joint == -1)
+               & (probes.net == net)]
+    return p[["run", "step", "value"]].rename(columns={"value": "response"}).sort_values(["run", "step"])
+
+
+def collapse_curves(runs, probes, net=0):
+    """run, label, seed, step, response, index (vs own peak), vs_supervised (vs the same setting's
+    supervised run at the same step, NaN without one)."""
+    r = unlabeled_response(probes, net).merge(
+        runs[["run", "label", "method"]].assign(seed=runs.get("train.seed"), key=setting_key(runs)), on="run")
+    r["index"] = r.groupby("run", group_keys=False).response.apply(lambda v: pd.Series(collapse_index(v.values)[0], v.index))
+    sup = r[r.method == "supervised"][["key", "step", "response"]].groupby(["key", "step"]).response.mean()
+    r["reference"] = pd.Series(list(zip(r.key, r.step)), index=r.index).map(sup)
+    r["vs_supervised"] = r.response / r.reference
+    return r.drop(columns=["key"])
+
+
+def final_ap(runs, metrics, which="AP"):
+    """run -> the final validation `which` (net 0 for two-net methods, as the paper's model selection)."""
+    m = metrics[(metrics.split == "val") & metrics.name.isin([which, f"{which}/net0"])]
+    last = m.sort_values("step").groupby("run").tail(1).set_index("run").value
+    return runs.run.map(last)
+
+
+def collapse_table(runs, probes, metrics=None, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE):
+    """One row per run: label, seed, status, final and peak response, final index, vs_supervised at the
+    end, the detected collapse step (None if none) and collapsed yes/no (and final AP with metrics)."""
+    curves = collapse_curves(runs, probes)
+    rows = []
+    for run, c in curves.groupby("run", sort=True):
+        c = c.sort_values("step")
+        step = collapse_step(c.step.values, c.response.values, ratio, patience)
+        low = (c.vs_supervised < REFERENCE_RATIO) & (c.reference > COLLAPSE_FLOOR)
+        run_low = low.groupby((~low).cumsum()).cumsum()  # length of the current streak of low probes
+        hits = c.step[run_low.values >= patience]
+        if len(hits):
+            ref_step = int(c.step.values[list(c.step).index(hits.iloc[0]) - patience + 1])
+            step = ref_step if step is None else min(step, ref_step)
+        rows.append(dict(run=run, label=c.label.iloc[0], seed=c.seed.iloc[0], final_step=int(c.step.iloc[-1]),
+                         response=c.response.iloc[-1], peak=c.response.max(), index=c["index"].iloc[-1],
+                         vs_supervised=c.vs_supervised.iloc[-1], collapse_step=step, collapsed=step is not None))
+    t = pd.DataFrame(rows)
+    if len(t):
+        t = t.merge(runs[["run", "status"]], on="run", how="left")
+        if metrics is not None:
+            t["AP"] = final_ap(runs.set_index("run").loc[t.run].reset_index(), metrics).values
+    return t
+
+
+def mean_over_seeds(frame, value, by=("label", "step")):
+    """Mean and std over seeds of `value`, per (label, step) or any grouping."""
+    g = frame.groupby(list(by))[value]
+    return g.mean().rename("mean").to_frame().join(g.std().fillna(0).rename("std")).reset_index()
+
+
+def is_finite(x):
+    return x is not None and np.isfinite(x)

@@ -1,0 +1,177 @@
+"""Paper-ready figures: PDF with embedded TrueType fonts and PNG, byte-identical for the same input."""
+import numpy as np
+
+from collapse.runs import atomic_write_bytes_from
+
+
+def setup():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "collapse",
+                         "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7})
+    return plt
+
+
+def save(fig, path_stem):
+    """Write path_stem.png and .pdf atomically (no creation date, so reruns give the same bytes)."""
+    import matplotlib.pyplot as plt
+    paths = []
+    for ext in ("png", "pdf"):
+        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+        atomic_write_bytes_from(f"{path_stem}.{ext}", lambda f, ext=ext, meta=meta: fig.savefig(
+            f, format=ext, dpi=150, metadata=meta))
+        paths.append(f"{path_stem}.{ext}")
+    plt.close(fig)
+    return paths
+
+
+# -- the figures of a results folder ---------------------------------------------------------------
+def _palette(labels):
+    import seaborn as sns
+    labels = list(labels)
+    return dict(zip(labels, sns.color_palette("tab10", max(len(labels), 1))))
+
+
+def _style(label):
+    return "--" if label == "supervised" else "-"
+
+
+def _lines(ax, frame, value, palette, marker=None):
+    """One line per label (mean over seeds), shaded +-1 std where there are several seeds."""
+    from .collapse import mean_over_seeds
+    for label in palette:
+        d = frame[frame.label == label]
+        if not len(d):
+            continue
+        m = mean_over_seeds(d, value).sort_values("step")
+        ax.plot(m.step, m["mean"], ls=_style(label), color=palette[label], marker=marker, ms=3, label=label)
+        if d.seed.nunique() > 1:
+            ax.fill_between(m.step, m["mean"] - m["std"], m["mean"] + m["std"], color=palette[label], alpha=0.15)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("step")
+
+
+def collapse_curves_figure(runs, metrics, probes, stem):
+    """Unlabeled mean max response, the collapse index, and val AP vs step, one line per method."""
+    from .collapse import collapse_curves, COLLAPSE_RATIO
+    plt = setup()
+    curves = collapse_curves(runs, probes)
+    palette = _palette(sorted(curves.label.unique(), key=_order))
+    ap = metrics[(metrics.split == "val") & metrics.name.isin(["AP", "AP/net0"])].merge(
+        runs[["run", "label"]].assign(seed=runs.get("train.seed")), on="run")
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    _lines(axes[0], curves, "response", palette)
+    axes[0].set_ylabel("unlabeled mean max response")
+    _lines(axes[1], curves, "index", palette)
+    axes[1].axhline(COLLAPSE_RATIO, color="k", lw=0.8, ls=":")
+    axes[1].set_ylabel("collapse index (response / own peak)")
+    _lines(axes[2], ap, "value", palette, marker="o")
+    axes[2].set_ylabel("validation OKS AP")
+    axes[2].legend(ncol=1, loc="best")
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def response_distributions_figure(runs, probes, stem, split="unlabeled"):
+    """Ridge plot per method: the pixel-response histogram (log-spaced bins) at each probe step."""
+    from .drift import response_histograms
+    plt = setup()
+    h = response_histograms(runs, probes, split)
+    h = h[h.edge > 0]  # the bins above 0.001; the mass at ~0 (background) would flatten every ridge
+    labels = sorted(h.label.unique(), key=_order)
+    fig, axes = plt.subplots(1, len(labels), figsize=(2.3 * len(labels), 3.6), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, label in zip(axes[0], labels):
+        d = h[h.label == label].groupby(["step", "edge"]).share.mean().reset_index()
+        steps = sorted(d.step.unique())
+        top = max(d.share.max(), 1e-9)
+        for k, step in enumerate(steps):
+            s = d[d.step == step].sort_values("edge")
+            y = k + 2.5 * s.share.values / top
+            ax.fill_between(np.log10(s.edge.values), k, y, color=cmap(k / max(len(steps) - 1, 1)), alpha=0.7, lw=0)
+            ax.plot(np.log10(s.edge.values), y, color="k", lw=0.4)
+        ax.set_yticks(range(len(steps)))
+        ax.set_yticklabels([str(int(s)) for s in steps], fontsize=6)
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("log10 response")
+    axes[0][0].set_ylabel("step")
+    fig.suptitle(f"pixel-response distributions on {split} crops (share of pixels per log bin, >= 0.001)")
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def boundary_drift_figure(runs, probes, stem, split="unlabeled"):
+    """Per tau: the foreground's equivalent radius and the share of joint pixels called background."""
+    from .drift import boundary_drift
+    plt = setup()
+    d = boundary_drift(runs, probes, split)
+    taus = sorted(d.tau.unique())
+    palette = _palette(sorted(d.label.unique(), key=_order))
+    fig, axes = plt.subplots(2, len(taus), figsize=(2.4 * len(taus), 4.6), sharex=True, squeeze=False)
+    for c, tau in enumerate(taus):
+        dt = d[d.tau == tau]
+        _lines(axes[0][c], dt, "radius", palette)
+        r = dt.target_radius.dropna()
+        if len(r):
+            axes[0][c].axhline(r.iloc[0], color="k", lw=0.8, ls=":")
+        axes[0][c].set_title(f"tau = {tau:g}")
+        _lines(axes[1][c], dt, "gt_bg_share", palette)
+        axes[1][c].set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("fg equivalent radius (px)\n(dotted: target's)")
+    axes[1][0].set_ylabel("joint pixels called bg")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return save(fig, stem)
+
+
+def final_ap_figure(runs, metrics, stem):
+    """Final AP per method, mean over seeds with the seeds' std as error bars (one group per labeled size)."""
+    from .collapse import final_ap
+    plt = setup()
+    t = runs.assign(AP=final_ap(runs, metrics).values, labeled=runs.get("data.labeled", -1)).dropna(subset=["AP"])
+    labels = sorted(t.label.unique(), key=_order)
+    sizes = sorted(t.labeled.unique())
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) * len(sizes)), 3.2))
+    width = 0.8 / max(len(sizes), 1)
+    for k, size in enumerate(sizes):
+        g = t[t.labeled == size].groupby("label").AP
+        mean, std = g.mean().reindex(labels), g.std().fillna(0).reindex(labels)
+        x = np.arange(len(labels)) + (k - (len(sizes) - 1) / 2) * width
+        ax.bar(x, mean.values, width, yerr=std.values, capsize=2, label=f"{size} labeled")
+        for xi, (label, n) in zip(x, g.size().reindex(labels).fillna(0).items()):
+            ax.scatter(np.full(int(n), xi), t[(t.labeled == size) & (t.label == label)].AP, s=6, c="k", zorder=3)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax.set_ylabel("final OKS AP")
+    ax.set_title("mean over seeds (dots), std as error bars")
+    if len(sizes) > 1:
+        ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+ORDER = ("supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual")
+
+
+def _order(label):
+    base = label.split(" ")[0]
+    return (ORDER.index(base) if base in ORDER else len(ORDER), label)
+
+
+def write_figures(results_dir, out_dir):
+    """Every figure of a results folder into out_dir (PNG + PDF each); returns the written paths."""
+    import os
+    from .results import load
+    runs, metrics, probes = load(results_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    j = lambda name: os.path.join(out_dir, name)
+    paths = []
+    paths += collapse_curves_figure(runs, metrics, probes, j("collapse_curves"))
+    if (probes.name == "hist").any():
+        paths += response_distributions_figure(runs, probes, j("response_distributions"))
+        paths += boundary_drift_figure(runs, probes, j("boundary_drift"))
+    paths += final_ap_figure(runs, metrics, j("final_ap"))
+    return paths

@@ -1,0 +1,141 @@
+"""analysis/ on small real runs: loading, the collapse detector, boundary drift, figures, tables, notebooks."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import analysis
+from collapse.cli import main
+from collapse.probes import collapse_index, collapse_step
+
+SMALL = ["model.width=8", "data.labeled=30", "train.steps=300", "train.probe_every=25", "train.eval_every=150",
+         "train.probe_size=32", "train.lr_steps=[]", "train.threads=2", "train.progress=false", "train.device=cpu"]
+# naive consistency at a strong weight (ramped up, so it first rises and then falls) collapses within
+# 300 steps on the small set; supervised and dual at the paper's weights do not
+RUNS = {"supervised": ["method.name=supervised"],
+        "consistency": ["method.name=consistency", "method.unsup_weight=10", "method.rampup=150"],
+        "dual": ["method.name=dual"]}
+
+
+@pytest.fixture(scope="session")
+def results(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    for name, extra in RUNS.items():
+        assert main(["train", "configs/demo.yaml", f"data.root={synth_root}", *SMALL, *extra,
+                     "--out", str(out / name), "--quiet"]) == 0
+    return str(out)
+
+
+def test_index_and_detector_on_made_up_curves():
+    idx, peak = collapse_index([0.0, 0.2, 0.4, 0.1, 0.3])
+    assert np.allclose(idx, [1, 1, 1, 0.25, 0.75]) and np.allclose(peak, [0, 0.2, 0.4, 0.4, 0.4])
+    steps = [0, 100, 200, 300, 400, 500]
+    assert collapse_step(steps, [0, 0.4, 0.15, 0.1, 0.1, 0.1]) == 200
+    assert collapse_step(steps, [0, 0.4, 0.15, 0.3, 0.15, 0.3]) is None       # never two low probes in a row
+    assert collapse_step(steps, [0, 0.04, 0.01, 0.01, 0.01, 0.01]) is None    # never rose above the floor
+
+
+def test_load_gives_runs_metrics_and_probes(results):
+    runs, metrics, probes = analysis.load(results)
+    assert sorted(runs.run) == ["consistency", "dual", "supervised"]
+    assert set(runs.status) == {"done"} and (runs["data.labeled"] == 30).all()
+    assert {"method.unsup_weight", "train.seed", "final.PCK@0.1", "label"} <= set(runs.columns)
+    assert set(metrics.run) == set(probes.run) == set(runs.run)
+    assert {"step", "split", "net", "joint", "name", "param", "value", "run"} == set(probes.columns)
+    # a run in progress (no metrics yet) and an unreadable manifest are loaded, not skipped
+    os.makedirs(os.path.join(results, "pending"))
+    try:
+        open(os.path.join(results, "pending", "manifest.json"), "w").write("{not json")
+        runs2, metrics2, _ = analysis.load(results)
+        assert runs2.set_index("run").loc["pending", "status"] == "unreadable" and len(metrics2) == len(metrics)
+    finally:
+        import shutil
+        shutil.rmtree(os.path.join(results, "pending"))
+    with pytest.raises(analysis.NotResults):
+        analysis.load(os.path.join(results, "supervised", "predictions"))
+
+
+def test_detector_flags_naive_consistency_only(results):
+    runs, metrics, probes = analysis.load(results)
+    t = analysis.collapse_table(runs, probes, metrics).set_index("label")
+    assert bool(t.loc["consistency", "collapsed"]) and 0 < t.loc["consistency", "collapse_step"] <= 300
+    assert not t.loc["supervised", "collapsed"] and not t.loc["dual", "collapsed"]
+    assert t.loc["consistency", "vs_supervised"] < 0.25 < t.loc["dual", "vs_supervised"]
+    assert t.loc["supervised", "vs_supervised"] == pytest.approx(1.0)
+
+
+def test_stop_on_collapse_ends_the_run_marked_collapsed(synth_root, tmp_path):
+    out = str(tmp_path / "c")
+    assert main(["train", "configs/demo.yaml", f"data.root={synth_root}", *SMALL, *RUNS["consistency"],
+                 "train.stop_on_collapse=true", "train.collapse_ratio=0.6", "--out", out, "--quiet"]) == 0
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert m["status"] == "collapsed" and m["steps"] < 300 and m["collapse_step"] < m["steps"]
+    assert "AP" in m["final"]  # evaluated at the stop, so the run still has a final score
+    # resuming a collapsed run does not train it again
+    assert main(["train", "configs/demo.yaml", f"data.root={synth_root}", *SMALL, *RUNS["consistency"],
+                 "train.stop_on_collapse=true", "train.collapse_ratio=0.6", "--out", out, "--quiet"]) == 0
+    assert json.load(open(os.path.join(out, "manifest.json")))["steps"] == m["steps"]
+
+
+def test_boundary_drift_and_histograms(results):
+    runs, _, probes = analysis.load(results)
+    d = analysis.boundary_drift(runs, probes)
+    assert set(d.tau) == {0.1, 0.2, 0.3, 0.4, 0.5}
+    assert d.target_radius.iloc[0] > 0 and (d.radius >= 0).all() and d.gt_bg_share.between(0, 1).all()
+    last = d[d.step == 300].set_index(["label", "tau"])
+    # the collapsed run calls more joint pixels background than supervised does
+    assert last.loc[("consistency", 0.2), "gt_bg_share"] > last.loc[("supervised", 0.2), "gt_bg_share"]
+    h = analysis.response_histograms(runs, probes)
+    sums = h.groupby(["run", "step"]).share.sum()
+    assert np.allclose(sums, 1.0, atol=1e-4)
+
+
+def test_figures_are_written_nonempty_and_deterministic(results, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["figures", results, "--out", str(a)]) == 0
+    assert main(["figures", results, "--out", str(b)]) == 0
+    names = sorted(os.listdir(a))
+    stems = {"collapse_curves", "response_distributions", "boundary_drift", "final_ap"}
+    assert names == sorted(f"{s}.{e}" for s in stems for e in ("pdf", "png"))
+    for n in names:
+        data = (a / n).read_bytes()
+        assert len(data) > 10_000 and data == (b / n).read_bytes(), n
+    pdf = (a / "collapse_curves.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts embedded, no Type 3
+
+
+def test_report_table_layout(results, tmp_path, capsys):
+    assert main(["report", results, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [l for l in out.splitlines() if l.startswith("| ")]
+    assert "30 labeled" in rows[0] and [r.split("|")[1].strip() for r in rows[1:]] == ["supervised", "consistency", "dual"]
+    assert "±" in rows[1]
+    tex = (tmp_path / "table.tex").read_text()
+    assert r"\begin{tabular}{lc}" in tex and r"$\pm$" in tex and "table.md" in os.listdir(tmp_path)
+
+
+def test_not_a_results_folder_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("collapse: error: no runs in") and len(err.strip().splitlines()) == 1
+    assert main(["figures", str(tmp_path / "nope"), "--out", str(tmp_path / "f")]) == 2
+    assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("name", ["collapse_curves", "response_distributions", "paper_figures"])
+def test_notebooks_execute_on_a_results_folder(results, tmp_path, name):
+    import nbformat
+    from nbclient import NotebookClient
+    from conftest import REPO
+    nb = nbformat.read(os.path.join(REPO, "notebooks", f"{name}.ipynb"), as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert first.source.startswith("RESULTS = ")  # the one variable a user edits
+    first.source = first.source.replace('"../results/demo"', repr(results)).replace('"figures"', repr(str(tmp_path / "fig")))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    if name == "paper_figures":
+        assert os.path.getsize(tmp_path / "fig" / "final_ap.pdf") > 10_000
