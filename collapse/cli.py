@@ -51,15 +51,23 @@ def cmd_train(args):
 
 def cmd_demo(args):
     from . import demo
-    print(f"collapse demo: {len(demo.DEMO_METHODS)} methods on the synthetic set, seed {args.seed}, "
-          f"{args.jobs} at a time -> {args.out}")
-    folders = demo.run_all(args.config, args.out, args.seed, args.overrides, args.jobs)
+    args.grid = args.grid or demo.GRID
+    print(f"collapse demo: the study's methods on the synthetic set, seed {args.seed}, {args.jobs} at a time")
+    folders = demo.run_all(args.grid, args.out, args.seed, args.overrides, args.jobs)
     table = demo.summarise(folders)
     demo.figure(folders, os.path.join(args.out, "collapse_curves"))
     from .runs import atomic_write_text
     atomic_write_text(os.path.join(args.out, "table.md"), table.to_markdown(floatfmt=".3f"))
     print(table.to_markdown(floatfmt=".3f"))
     print(f"figure: {os.path.join(args.out, 'collapse_curves.png')} (and .pdf)")
+
+
+def cmd_grid(args):
+    from .grid import run_grid
+    states = run_grid(args.grid, args.out, args.executor, args.scale, args.dry_run, args.retry_failed, args.jobs,
+                      args.threads, args.address, args.cpus, args.gpus)
+    if not args.dry_run and any(s == "failed" for s in states.values()):
+        print(f"failed runs keep their reason in their manifest.json; logs in {os.path.join(args.out, 'logs')}")
 
 
 def cmd_figures(args):
@@ -110,10 +118,27 @@ def parser():
                         "write the collapse-curve figure.")
     de.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--config", default="configs/demo.yaml")
+    de.add_argument("--grid", default=None, help="the demo grid (default configs/grids/demo.yaml)")
     de.add_argument("--jobs", type=int, default=2, help="runs at once, one CPU thread each (default 2)")
     de.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     de.set_defaults(func=cmd_demo)
+
+    gr = sub.add_parser("grid", help="run an ablation grid (resumable; local processes or Ray)",
+                        description="Expand a grid file into runs named by the hash of their resolved config; "
+                        "skip finished runs, resume interrupted ones, record failed ones and go on.")
+    gr.add_argument("grid", help="grid file, e.g. configs/grids/failed_attempts.yaml")
+    gr.add_argument("--out", required=True, help="results folder")
+    gr.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: subprocesses, one per visible GPU or --jobs on CPU; ray: one Ray task per run")
+    gr.add_argument("--scale", help="one of the grid's scales (default: its first, e.g. demo)")
+    gr.add_argument("--dry-run", action="store_true", help="list the runs and which are finished; run nothing")
+    gr.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    gr.add_argument("--jobs", type=int, help="local on CPU: runs at once (default 1)")
+    gr.add_argument("--threads", type=int, help="local on CPU: threads per run (default cores / jobs)")
+    gr.add_argument("--address", help="ray: cluster address (default: start a local Ray)")
+    gr.add_argument("--cpus", type=int, default=1, help="ray: CPUs per run (default 1)")
+    gr.add_argument("--gpus", type=float, default=0, help="ray: GPUs per run (default 0)")
+    gr.set_defaults(func=cmd_grid)
 
     fi = sub.add_parser("figures", help="paper-ready figures of a results folder (PNG + PDF)",
                         description="Collapse curves, response distributions (ridge), fg/bg boundary drift and "

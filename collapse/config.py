@@ -216,7 +216,24 @@ def from_dict(values) -> Config:
     return validate(_build(Config, values))
 
 
-def load(path=None, overrides=()) -> Config:
+def dotted_tree(flat):
+    """{"method.name": "dual", "train.seed": 1} -> {"method": {"name": "dual"}, "train": {"seed": 1}}."""
+    tree = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, last = str(key).split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"key '{key}' conflicts with another key")
+        node[last] = value
+    return tree
+
+
+def load(path=None, overrides=(), values=None) -> Config:
+    """The config of YAML file `path`, then `values` (a dict of dotted keys), then `key=value` overrides."""
     raw = _read_yaml(path) if path else {}
+    if values:
+        raw = _merge(raw, dotted_tree(values))
     raw = _merge(raw, parse_overrides(overrides))
     return from_dict(raw)

@@ -1,58 +1,26 @@
 """The main job: the collapse study's methods on the embedded synthetic set, a table and a figure."""
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
 
-from . import config
+from .grid import FINISHED, expand, run_grid
 from .train import ensure_data
 
-DEMO_METHODS = (
-    ("supervised", []),
-    ("consistency", []),
-    ("mean_teacher", ["method.ema=0.99"]),
-    ("threshold", ["method.tau=0.6"]),
-    ("reweight", []),
-    ("easy_hard", ["method.pair=easy_hard"]),
-    ("dual", []),
-)
+GRID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "grids", "demo.yaml")
 RELATIVE_COST = {"supervised": 1, "dual": 4, "consistency": 2.4}  # per step, others about 2
 COLLAPSE_RATIO = 0.25  # unlabeled mean peak response below this share of supervised's = collapsed
 
 
-def _launch(cfg_path, name, extra, seed, out, overrides):
-    args = [sys.executable, "-m", "collapse", "train", cfg_path, f"method.name={name}", *extra,
-            f"train.seed={seed}", "train.threads=1", "train.progress=false", *overrides, "--out", out, "--quiet"]
-    log = open(out + ".log", "w")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-
-
-def run_all(cfg_path, out, seed, overrides=(), jobs=2, echo=print):
-    """Run every demo method (`jobs` processes at once, one CPU thread each); returns {method: folder}."""
-    cfg = config.load(cfg_path, list(overrides))
-    ensure_data(cfg)  # once, before the runs start in parallel
-    os.makedirs(out, exist_ok=True)
-    # longest runs first, so the two workers finish together
-    order = sorted(DEMO_METHODS, key=lambda m: -RELATIVE_COST.get(m[0], 2))
-    pending = [(n, e, os.path.join(out, n)) for n, e in order]
-    running, folders, t0 = [], {}, time.time()
-    while pending or running:
-        while pending and len(running) < jobs:
-            name, extra, folder = pending.pop(0)
-            running.append((name, folder, _launch(cfg_path, name, extra, seed, folder, overrides)))
-        time.sleep(0.5)
-        for item in list(running):
-            name, folder, proc = item
-            if proc.poll() is not None:
-                running.remove(item)
-                if proc.returncode == 0:
-                    folders[name] = folder
-                status = "done" if proc.returncode == 0 else f"failed (see {folder}.log)"
-                echo(f"  {name:<13} {status}  [{time.time() - t0:5.0f}s]")
-    return {n: folders[n] for n, _ in DEMO_METHODS if n in folders}
+def run_all(grid, out, seed, overrides=(), jobs=2, echo=print):
+    """Run the demo grid (`jobs` processes at once, one CPU thread each) through the grid machinery;
+    returns {method: run folder} of the runs that finished."""
+    overrides = [*overrides, f"train.seed={seed}"]
+    runs = expand(grid, out, overrides=overrides)
+    ensure_data(runs[0].cfg)  # once, before the runs start in parallel
+    states = run_grid(grid, out, jobs=jobs, threads=1, overrides=overrides, echo=echo,
+                      order=lambda r: -RELATIVE_COST.get(r.cfg.method.name, 2))  # longest first: workers end together
+    return {r.cfg.method.name: r.folder for r in runs if states[r.name] in FINISHED}
 
 
 def _final_value(metrics, name):

@@ -252,4 +252,10 @@ def train(cfg: Config, out, progress=True):
                           "choose another --out")
     if m.get("status") in ("done", "collapsed"):
         return m
-    return Trainer(cfg, out, progress).fit()
+    try:
+        return Trainer(cfg, out, progress).fit()
+    except Exception as e:
+        run = runs.RunDir(out)
+        if os.path.exists(run.file("manifest.json")):  # a run that had started: say why it ended
+            run.update_manifest(status="failed", reason=f"{type(e).__name__}: {e}"[:500])
+        raise

@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 import subprocess
@@ -67,6 +68,7 @@ def test_demo_runs_every_method_and_writes_table_and_figure(synth_root, tmp_path
     table = open(os.path.join(out, "table.md")).read()
     for name in ("supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual"):
         assert name in table
-        assert json.load(open(os.path.join(out, name, "manifest.json")))["status"] == "done"
+        (folder,) = glob.glob(os.path.join(out, f"{name}-*"))  # runs of the demo grid: <method>-<run id>
+        assert json.load(open(os.path.join(folder, "manifest.json")))["status"] == "done"
     for ext in ("png", "pdf"):
         assert os.path.getsize(os.path.join(out, f"collapse_curves.{ext}")) > 10_000

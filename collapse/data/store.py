@@ -7,6 +7,8 @@ again; stores are keyed by split, input size and margin and reused by every run.
 """
 import json
 import os
+import shutil
+import uuid
 
 import numpy as np
 import torch
@@ -75,37 +77,47 @@ def build(root, split, input_hw, margin, progress=False):
     images = image_dir(root, split)
     shw = store_hw(input_hw, margin)
     n = len(inst["ann_id"])
-    os.makedirs(path, exist_ok=True)
-    tmp = os.path.join(path, "crops.u8.partial")
-    crops = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, *shw, 3))
-    affines = crop_affines(inst["bbox"], input_hw, shw)
-    starts = np.flatnonzero(np.r_[True, inst["image_id"][1:] != inst["image_id"][:-1]])
-    ends = np.r_[starts[1:], n]
-    it = zip(starts, ends)
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(list(it), desc=f"crop store {split}", unit="img")
-    for a, b in it:  # one decode per image, all its instances cut in one batched warp
-        fname = os.path.join(images, inst["file_name"][a])
-        try:
-            with Image.open(fname) as im:
-                arr = np.array(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"image {fname} is missing or unreadable: {e.__class__.__name__}")
-        img = torch.from_numpy(arr).permute(2, 0, 1).float()[None].expand(b - a, -1, -1, -1)
-        out = warp(img, affines[a:b].float(), shw)
-        crops[a:b] = out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    crops.flush()
-    del crops
-    kp = inst["keypoints"].copy()
-    kp[..., :2] = transform_points(affines, torch.as_tensor(kp[..., :2])).numpy()
-    np.savez(os.path.join(path, "meta.npz"), image_id=inst["image_id"], ann_id=inst["ann_id"],
-             bbox=inst["bbox"], area=inst["area"], keypoints=kp.astype(np.float32),
-             crop=affines.numpy())
-    os.replace(tmp, os.path.join(path, "crops.u8"))
-    atomic_write_json(os.path.join(path, "info.json"), dict(
-        count=n, store_hw=list(shw), input_hw=list(input_hw), margin=margin, split=split,
-        annotations=os.path.abspath(ann_file)))
+    # built in a private folder, then renamed into place: concurrent builders never see each other's halves
+    work = f"{path}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.makedirs(work)
+    try:
+        crops = np.memmap(os.path.join(work, "crops.u8"), dtype=np.uint8, mode="w+", shape=(n, *shw, 3))
+        affines = crop_affines(inst["bbox"], input_hw, shw)
+        starts = np.flatnonzero(np.r_[True, inst["image_id"][1:] != inst["image_id"][:-1]])
+        ends = np.r_[starts[1:], n]
+        it = zip(starts, ends)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(list(it), desc=f"crop store {split}", unit="img")
+        for a, b in it:  # one decode per image, all its instances cut in one batched warp
+            fname = os.path.join(images, inst["file_name"][a])
+            try:
+                with Image.open(fname) as im:
+                    arr = np.array(im.convert("RGB"))
+            except (OSError, ValueError) as e:
+                raise DataError(f"image {fname} is missing or unreadable: {e.__class__.__name__}")
+            img = torch.from_numpy(arr).permute(2, 0, 1).float()[None].expand(b - a, -1, -1, -1)
+            out = warp(img, affines[a:b].float(), shw)
+            crops[a:b] = out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+        crops.flush()
+        del crops
+        kp = inst["keypoints"].copy()
+        kp[..., :2] = transform_points(affines, torch.as_tensor(kp[..., :2])).numpy()
+        np.savez(os.path.join(work, "meta.npz"), image_id=inst["image_id"], ann_id=inst["ann_id"],
+                 bbox=inst["bbox"], area=inst["area"], keypoints=kp.astype(np.float32),
+                 crop=affines.numpy())
+        atomic_write_json(os.path.join(work, "info.json"), dict(
+            count=n, store_hw=list(shw), input_hw=list(input_hw), margin=margin, split=split,
+            annotations=os.path.abspath(ann_file)))
+    except BaseException:  # a bad image or an interruption leaves nothing half-built behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        os.rename(work, path)
+    except OSError:  # another process finished the same store first: keep theirs
+        shutil.rmtree(work, ignore_errors=True)
+        if not os.path.exists(os.path.join(path, "info.json")):
+            raise
     return CropStore(path)
 
 

@@ -1,0 +1,269 @@
+"""Ablation grids: expansion into hashed runs, and executors (local processes, one per GPU; or Ray).
+
+A grid file (configs/grids/*.yaml):
+
+    base: ../demo.yaml            # the config every run starts from (path relative to the grid file)
+    scales:                       # optional named sets of overrides; --scale picks one (default: the first)
+      demo: {}
+      full: {model.name: resnet18, data.input_size: [256, 192]}
+    fixed: {train.steps: 1200}    # optional overrides for every run
+    variants:                     # optional explicit rows (non-product), each crossed with the axes;
+                                  # a variant's own value of an axis key wins (duplicates are dropped)
+      - {method.name: supervised}
+      - {method.name: threshold, method.tau: 0.2}
+    axes:                         # cartesian product
+      train.seed: [0, 1, 2]
+
+Each resolved config is a run named `<method>-<run id>` (run id = hash of the resolved config), in
+RESULTS. Done (and collapsed) runs are skipped, interrupted ones resume from their checkpoint, failed
+ones are recorded with their reason and skipped unless retried. Every run is a `collapse train`
+subprocess, so one crash cannot take the grid down; logs go to RESULTS/logs/.
+"""
+import itertools
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import yaml
+
+from . import config
+from .config import ConfigError
+from .runs import RunDir, atomic_write_text, run_id
+
+FINISHED = ("done", "collapsed")
+
+
+class GridError(ConfigError):
+    pass
+
+
+@dataclass
+class GridRun:
+    name: str            # folder name: <method>-<run id>
+    values: dict         # the dotted overrides that make this run (scale, fixed, variant, axes)
+    varies: dict         # the part of them that tells this run from the grid's others (variant, axes)
+    cfg: config.Config
+    run_id: str
+    folder: str
+
+    def status(self):
+        return RunDir(self.folder).manifest().get("status", "missing")
+
+
+def _mapping(raw, key, path):
+    v = raw.get(key) or {}
+    if not isinstance(v, dict):
+        raise GridError(f"{path}: '{key}' must be a mapping of config keys")
+    return v
+
+
+def expand(path, results, scale=None, overrides=()):
+    """The grid's runs, in file order (variants outer, axes inner), without duplicates. A variant's own
+    value of an axis key wins over the axis (so a supervised row need not repeat per unsup_weight);
+    `overrides` (key=value strings) apply last, to every run."""
+    if not os.path.isfile(path):
+        raise GridError(f"grid file not found: {path}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise GridError(f"{path} is not valid YAML: {str(e).splitlines()[0]}")
+    if not isinstance(raw, dict):
+        raise GridError(f"{path} must hold a mapping (base, axes, variants, ...)")
+    unknown = set(raw) - {"base", "scales", "fixed", "variants", "axes", "description"}
+    if unknown:
+        raise GridError(f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}")
+    if "base" not in raw:
+        raise GridError(f"{path}: 'base' (the config every run starts from) is missing")
+    base = os.path.join(os.path.dirname(path), str(raw["base"]))
+    scales = _mapping(raw, "scales", path)
+    if scale is not None and scale not in scales:
+        raise GridError(f"{path} has no scale '{scale}'" + (f" (choose from {', '.join(scales)})" if scales else ""))
+    scale_values = scales[scale or next(iter(scales))] if scales else {}
+    if not isinstance(scale_values or {}, dict):
+        raise GridError(f"{path}: scale '{scale}' must be a mapping of config keys")
+    axes = _mapping(raw, "axes", path)
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{path}: axis '{key}' must be a non-empty list")
+    variants = raw.get("variants") or [{}]
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise GridError(f"{path}: 'variants' must be a list of mappings of config keys")
+    runs, seen = [], set()
+    for variant in variants:
+        for combo in itertools.product(*axes.values()):
+            values = {**(scale_values or {}), **_mapping(raw, "fixed", path), **dict(zip(axes, combo)), **variant}
+            try:
+                cfg = config.load(base, overrides, values=values)
+            except ConfigError as e:
+                raise GridError(f"{path}: {e}")
+            rid = run_id(cfg.to_dict())
+            if rid in seen:
+                continue
+            seen.add(rid)
+            name = f"{cfg.method.name}-{rid}"
+            runs.append(GridRun(name, values, {**dict(zip(axes, combo)), **variant}, cfg, rid,
+                                os.path.join(results, name)))
+    return runs
+
+
+# -- executing one run -------------------------------------------------------------------------
+def _spec_file(results, run):
+    """The run's resolved config as a file the `collapse train` subprocess reads (no `extends`)."""
+    path = os.path.join(results, ".grid", f"{run.run_id}.yaml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_text(path, yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
+    return path
+
+
+def _last_line(log_path):
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [l.strip() for l in f if l.strip()]
+    except OSError:
+        return "no log"
+    errors = [l for l in lines if l.startswith("collapse: error:") or "Error" in l.split(":")[0]]
+    return (errors or lines or ["no output"])[-1][:500]
+
+
+def execute(spec, folder, log_path, device_overrides, env=None):
+    """Run one grid run as a `collapse train` subprocess; returns (status, reason). A run that fails
+    gets status failed and the reason (its error line) in its manifest."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    args = [sys.executable, "-m", "collapse", "train", spec, *device_overrides, "train.progress=false",
+            "--out", folder, "--quiet"]
+    with open(log_path, "a") as log:
+        rc = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    m = RunDir(folder).manifest()
+    if rc == 0 and m.get("status") in FINISHED:
+        return m["status"], None
+    reason = _last_line(log_path) if rc != 0 else f"ended with status {m.get('status')}"
+    if m.get("status") != "failed" or not m.get("reason"):
+        with open(spec) as f:
+            cfg = yaml.safe_load(f)
+        if not m:  # the run never started: still leave a record of what failed and why
+            RunDir(folder).write_config(cfg)
+        RunDir(folder).update_manifest(status="failed", reason=reason, run_id=run_id(cfg),
+                                       method=cfg["method"]["name"], exit_code=rc)
+    return "failed", RunDir(folder).manifest().get("reason", reason)
+
+
+# -- executors ---------------------------------------------------------------------------------
+def visible_gpus():
+    """Physical ids of the GPUs this process may use (CUDA_VISIBLE_DEVICES respected), [] on CPU."""
+    try:
+        import torch
+        n = torch.cuda.device_count()
+    except Exception:
+        n = 0
+    if n == 0:
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in env.split(",") if x.strip()] if env else [str(i) for i in range(n)]
+    return ids[:n]
+
+
+def run_local(runs, results, jobs=None, threads=None, echo=print):
+    """Run the pending runs in subprocesses: one per visible GPU, or `jobs` at once on CPU (default 1)
+    with `threads` CPU threads each (default: the cores divided among the jobs)."""
+    from .train import ensure_data
+    for cfg in {(r.cfg.data.root, r.cfg.data.train_split, tuple(r.cfg.data.input_size)): r.cfg for r in runs}.values():
+        try:
+            ensure_data(cfg)  # once here, not by every parallel run at the same time
+        except Exception:
+            pass  # the runs themselves will fail with the reason
+    gpus = visible_gpus()
+    if gpus:
+        slots = [dict(env={**os.environ, "CUDA_VISIBLE_DEVICES": g}, args=["train.device=cuda:0"]) for g in gpus]
+    else:
+        jobs = max(1, jobs or 1)
+        per = threads or max(1, (os.cpu_count() or 1) // jobs)
+        slots = [dict(env=None, args=["train.device=cpu", f"train.threads={per}"]) for _ in range(jobs)]
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    import queue
+    free = queue.Queue()
+    for s in slots:
+        free.put(s)
+
+    def one(run):
+        slot = free.get()
+        try:
+            t0 = time.time()
+            status, reason = execute(_spec_file(results, run), run.folder,
+                                     os.path.join(results, "logs", run.name + ".log"), slot["args"], slot["env"])
+            return run, status, reason, time.time() - t0
+        finally:
+            free.put(slot)
+
+    with ThreadPoolExecutor(len(slots)) as pool:
+        for done in as_completed([pool.submit(one, r) for r in runs]):  # submitted in order, reported as they end
+            yield done.result()
+
+
+def run_ray(runs, results, address=None, cpus=1, gpus=0, echo=print):
+    """Submit each pending run as a Ray task needing `cpus` CPUs and `gpus` GPUs, to the cluster at
+    `address` or a local Ray instance. RESULTS must be on storage every node sees."""
+    try:
+        import ray
+    except ImportError:
+        raise GridError("the ray executor needs Ray: pip install -e .[ray]")
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(cpus, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise GridError(f"cannot reach a Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}")
+
+    @ray.remote(num_cpus=cpus, num_gpus=gpus)
+    def task(spec, folder, log_path, device_overrides):
+        t0 = time.time()
+        status, reason = execute(spec, folder, log_path, device_overrides)
+        return status, reason, time.time() - t0
+
+    device = ["train.device=cuda:0"] if gpus else ["train.device=cpu", f"train.threads={cpus}"]
+    pending = {task.remote(_spec_file(results, r), os.path.abspath(r.folder),
+                           os.path.abspath(os.path.join(results, "logs", r.name + ".log")), device): r for r in runs}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        run = pending.pop(ready[0])
+        status, reason, seconds = ray.get(ready[0])
+        yield run, status, reason, seconds
+
+
+# -- the command -------------------------------------------------------------------------------
+def _final(run):
+    f = RunDir(run.folder).manifest().get("final") or {}
+    ap = f.get("AP", f.get("AP/net0"))
+    return f"AP {ap:.3f}" if isinstance(ap, (int, float)) else ""
+
+
+def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_failed=False, jobs=None,
+             threads=None, address=None, cpus=1, gpus=0, overrides=(), order=None, echo=print):
+    """Expand, skip what is finished, run the rest; prints a line per run and a summary. Returns
+    {run name: status} for every run of the grid. order: optional sort key for the pending runs."""
+    runs = expand(path, results, scale, overrides)
+    states = {r.name: r.status() for r in runs}
+    todo = [r for r in runs if states[r.name] not in FINISHED and (retry_failed or states[r.name] != "failed")]
+    if order:
+        todo.sort(key=order)
+    echo(f"grid {path}: {len(runs)} runs, {len(runs) - len(todo)} finished or failed before, {len(todo)} to run "
+         f"-> {results}")
+    if dry_run:
+        for r in runs:
+            mark = "run" if r in todo else states[r.name]
+            echo(f"  {mark:<9} {r.name:<24} " + " ".join(f"{k}={v}" for k, v in r.varies.items()))
+        return states
+    os.makedirs(results, exist_ok=True)
+    stream = (run_ray(todo, results, address, cpus, gpus, echo) if executor == "ray"
+              else run_local(todo, results, jobs, threads, echo))
+    for k, (run, status, reason, seconds) in enumerate(stream, 1):
+        states[run.name] = status
+        detail = _final(run) if status in FINISHED else f"({reason})"
+        echo(f"  [{k}/{len(todo)}] {run.name:<24} {status:<9} {detail}  {seconds:.0f}s")
+    counts = {s: sum(1 for v in states.values() if v == s) for s in sorted(set(states.values()))}
+    echo("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return states

@@ -1,0 +1,98 @@
+"""Grids: expansion and hashing, resume after an interruption, failed runs, the Ray executor."""
+import json
+import os
+
+import pytest
+
+from collapse.cli import main
+from collapse.grid import GridError, expand, run_grid
+
+TINY = {"model.width": 8, "train.steps": 4, "train.eval_every": 4, "train.probe_every": 2, "train.probe_size": 8,
+        "train.log_every": 2}
+
+
+def write_grid(tmp_path, synth_root, variants, axes, name="g.yaml"):
+    import yaml
+    path = tmp_path / name
+    fixed = {**TINY, "data.root": synth_root}
+    path.write_text(yaml.safe_dump(dict(base=os.path.abspath("configs/demo.yaml"), fixed=fixed,
+                                        variants=variants, axes=axes)))
+    return str(path)
+
+
+def test_expansion_and_hashing(tmp_path, synth_root):
+    g = write_grid(tmp_path, synth_root, [{"method.name": "supervised", "method.unsup_weight": 1.0},
+                                          {"method.name": "consistency"}],
+                   {"method.unsup_weight": [1.0, 2.0], "train.seed": [0, 1]})
+    runs = expand(g, str(tmp_path / "r"))
+    # supervised fixes unsup_weight, so its two weights collapse into one run per seed: 2 + 4
+    assert len(runs) == 6 and len({r.run_id for r in runs}) == 6
+    assert [r.cfg.method.name for r in runs].count("supervised") == 2
+    again = expand(g, str(tmp_path / "r"))
+    assert [r.run_id for r in again] == [r.run_id for r in runs]  # same config -> same id
+    one = expand(g, str(tmp_path / "r"), overrides=["train.lr=0.002"])
+    assert not {r.run_id for r in one} & {r.run_id for r in runs}  # any change -> new ids
+    assert all(r.folder.endswith(f"{r.cfg.method.name}-{r.run_id}") for r in runs)
+    # the device and thread count do not change a run's identity
+    dev = expand(g, str(tmp_path / "r"), overrides=["train.threads=1", "train.device=cpu"])
+    assert [r.run_id for r in dev] == [r.run_id for r in runs]
+    for bad, msg in (({"train.seed": []}, "non-empty"), ({"train.stepz": [1]}, "unknown config key")):
+        with pytest.raises(GridError, match=msg):
+            expand(write_grid(tmp_path, synth_root, [{}], bad, "bad.yaml"), str(tmp_path / "r"))
+
+
+def test_interrupted_grid_runs_only_what_is_missing_and_failed_runs_are_recorded(tmp_path, synth_root, capsys):
+    g = write_grid(tmp_path, synth_root, [{"method.name": "supervised"}, {"method.name": "easy_hard"},
+                                          {"method.name": "supervised", "data.labeled": 10 ** 6}],
+                   {"train.seed": [0]})
+    out = str(tmp_path / "results")
+    states = run_grid(g, out, jobs=2, threads=1)
+    assert sorted(states.values()) == ["done", "done", "failed"]
+    failed = [n for n, s in states.items() if s == "failed"][0]
+    m = json.load(open(os.path.join(out, failed, "manifest.json")))
+    assert m["status"] == "failed" and "larger than" in m["reason"] and m["exit_code"] == 2
+    # interrupt: one run loses its result (as if killed before it finished), the other is kept
+    sup, eh = \
+        [n for n, s in states.items() if s == "done"]
+    kept = json.load(open(os.path.join(out, sup, "manifest.json")))
+    os.remove(os.path.join(out, eh, "manifest.json"))
+    capsys.readouterr()
+    states = run_grid(g, out)
+    text = capsys.readouterr().out
+    assert "1 to run" in text and "[1/1]" in text and "summary: 2 done, 1 failed" in text
+    assert json.load(open(os.path.join(out, sup, "manifest.json")))["updated"] == kept["updated"]
+    # --dry-run lists the runs and runs nothing
+    assert main(["grid", g, "--out", out, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count("done") == 2 and "failed" in listed and "0 to run" in listed
+
+
+def test_grid_file_mistakes_are_one_line(tmp_path, capsys):
+    (tmp_path / "g.yaml").write_text("base: ../nope.yaml\naxes: {train.seed: [0]}\n")
+    assert main(["grid", str(tmp_path / "g.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["grid", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_ray_executor_runs_a_small_grid_on_a_local_ray(tmp_path, synth_root, capsys):
+    ray = pytest.importorskip("ray")
+    g = write_grid(tmp_path, synth_root, [{"method.name": "supervised"}, {"method.name": "consistency"}],
+                   {"train.seed": [0]})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        states = run_grid(g, str(tmp_path / "r"), executor="ray", cpus=1)
+    finally:
+        ray.shutdown()
+    assert sorted(states.values()) == ["done", "done"]
+    for name in states:
+        assert json.load(open(tmp_path / "r" / name / "manifest.json"))["status"] == "done"
+
+
+def test_shipped_grids_expand(tmp_path):
+    sizes = {"demo": 7, "failed_attempts": 13, "imbalance": 15, "comparison": 54}
+    for name, n in sizes.items():
+        runs = expand(f"configs/grids/{name}.yaml", str(tmp_path))
+        assert len(runs) == n, name
+    full = expand("configs/grids/failed_attempts.yaml", str(tmp_path), scale="full")
+    assert full[0].cfg.model.name == "resnet18" and full[0].cfg.data.input_size == [256, 192]
