@@ -153,6 +153,40 @@ def final_ap_figure(runs, metrics, stem):
     return save(fig, stem)
 
 
+def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.unsup_weight"):
+    """Per method: final AP over the x-y plane (heatmap sigma x unsupervised weight), collapsed cells
+    crossed out: does collapse vanish as the foreground share grows?"""
+    from .collapse import collapse_table
+    plt = setup()
+    t = collapse_table(runs, probes, metrics).merge(runs[["run", "method", x, y]], on="run")
+    t = t[t.method != "supervised"]
+    labels = sorted(t.label.unique(), key=_order)
+    xs, ys = sorted(t[x].unique()), sorted(t[y].unique())
+    fig, axes = plt.subplots(1, len(labels), figsize=(0.9 * len(xs) * len(labels) + 1.5, 0.8 * len(ys) + 1.4),
+                             squeeze=False)
+    vmax = max(t.AP.max(), 1e-6)
+    for ax, label in zip(axes[0], labels):
+        d = t[t.label == label].groupby([y, x]).agg(AP=("AP", "mean"), collapsed=("collapsed", "mean"))
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for (yv, xv), row in d.iterrows():
+            i, j = ys.index(yv), xs.index(xv)
+            grid[i, j] = row.AP
+            text = f"{row.AP:.3f}" + ("\ncollapsed" if row.collapsed >= 0.5 else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="k" if row.AP > 0.5 * vmax else "w")
+            if row.collapsed >= 0.5:
+                ax.plot([j - 0.45, j + 0.45], [i - 0.45, i + 0.45], color="r", lw=1)
+        im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels([f"{v:g}" for v in xs])
+        ax.set_yticks(range(len(ys)))
+        ax.set_yticklabels([f"{v:g}" for v in ys])
+        ax.set_xlabel(x)
+        ax.set_title(label)
+    axes[0][0].set_ylabel(y)
+    fig.colorbar(im, ax=list(axes[0]), label="final OKS AP", shrink=0.9)
+    return save(fig, stem)
+
+
 ORDER = ("supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual")
 
 
@@ -174,4 +208,7 @@ def write_figures(results_dir, out_dir):
         paths += response_distributions_figure(runs, probes, j("response_distributions"))
         paths += boundary_drift_figure(runs, probes, j("boundary_drift"))
     paths += final_ap_figure(runs, metrics, j("final_ap"))
+    varies = lambda c: c in runs and runs[c].nunique() > 1
+    if varies("data.sigma") and varies("method.unsup_weight"):
+        paths += phase_diagram_figure(runs, metrics, probes, j("phase_diagram"))
     return paths

@@ -15,6 +15,11 @@ def _user_errors():
     return (ConfigError, DataError, MethodError, ModelError, DeviceError, NotResults, FileNotFoundError)
 
 
+def _run_failures():
+    from .train import NonFiniteLoss
+    return (NonFiniteLoss,)
+
+
 def cmd_prepare(args):
     if args.source == "synthetic":
         from .data import synthetic
@@ -171,6 +176,11 @@ def main(argv=None):
         msg = str(e) if not isinstance(e, FileNotFoundError) else f"file not found: {e.filename or e}"
         print(f"collapse: error: {msg}", file=sys.stderr)
         return 2
+    except _run_failures() as e:
+        if args.debug:
+            raise
+        print(f"collapse: run failed: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("collapse: interrupted", file=sys.stderr)
         return 130

@@ -78,6 +78,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_steps: typing.List[int] = field(default_factory=list)  # MultiStepLR milestones (x0.1), in steps
     eval_every: int = 500
+    checkpoint_every: int = 0        # steps between checkpoints (0: at each evaluation only)
     log_every: int = 50
     probe_every: int = 100           # response probes (0 = off)
     probe_size: int = 128            # crops per probe set (unlabeled, val)
@@ -198,6 +199,8 @@ def validate(cfg: Config):
                        ("data.sigma", d.sigma), ("train.lr", t.lr)):
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if t.checkpoint_every < 0 or t.probe_every < 0:
+        raise ConfigError("config keys 'train.checkpoint_every' and 'train.probe_every' must be >= 0")
     if d.labeled == 0 or d.labeled < -1:
         raise ConfigError(f"config key 'data.labeled' must be positive or -1 (all), got {d.labeled}")
     m = cfg.method

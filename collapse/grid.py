@@ -21,6 +21,7 @@ subprocess, so one crash cannot take the grid down; logs go to RESULTS/logs/.
 """
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -140,14 +141,81 @@ def execute(spec, folder, log_path, device_overrides, env=None):
     if rc == 0 and m.get("status") in FINISHED:
         return m["status"], None
     reason = _last_line(log_path) if rc != 0 else f"ended with status {m.get('status')}"
-    if m.get("status") != "failed" or not m.get("reason"):
-        with open(spec) as f:
-            cfg = yaml.safe_load(f)
-        if not m:  # the run never started: still leave a record of what failed and why
-            RunDir(folder).write_config(cfg)
-        RunDir(folder).update_manifest(status="failed", reason=reason, run_id=run_id(cfg),
-                                       method=cfg["method"]["name"], exit_code=rc)
+    with open(spec) as f:
+        cfg = yaml.safe_load(f)
+    if not m:  # the run never started: still leave a record of what failed and why
+        RunDir(folder).write_config(cfg)
+    keep = m.get("status") == "failed" and m.get("reason")  # the trainer's own account is the better one
+    RunDir(folder).update_manifest(status="failed", reason=m["reason"] if keep else reason, run_id=run_id(cfg),
+                                   method=cfg["method"]["name"], exit_code=rc)
     return "failed", RunDir(folder).manifest().get("reason", reason)
+
+
+# -- claims: two grid processes on one results folder never run the same run ---------------------
+def _holder(path):
+    try:
+        with open(path) as f:
+            host, pid = f.read().split()[:2]
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None, None
+
+
+def _stale(path):
+    """A claim is stale when its process (on this host) is gone. Claims from other hosts are trusted."""
+    host, pid = _holder(path)
+    if host is None:  # unreadable: a claimer died between creating and writing it, or it is being written
+        return time.time() - os.path.getmtime(path) > 60 if os.path.exists(path) else True
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+
+
+def claim(folder):
+    """Claim a run for this process: RUN.claim created with O_EXCL (atomic on POSIX file systems) holding
+    host and pid. A stale claim is moved aside under a unique name first, so only one recoverer wins."""
+    path = folder.rstrip("/") + ".claim"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _stale(path):
+                return False
+            try:
+                aside = f"{path}.stale-{os.getpid()}"
+                os.rename(path, aside)
+                os.remove(aside)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n")
+        return True
+    return False
+
+
+def release(folder):
+    path = folder.rstrip("/") + ".claim"
+    if _holder(path) == (socket.gethostname(), os.getpid()):
+        os.remove(path)
+
+
+def _claimed_run(run, go):
+    """Run `go()` holding the run's claim; (status, reason) or ('claimed', ...) if another process has it."""
+    if not claim(run.folder):
+        return "claimed", "running in another process"
+    try:
+        if run.status() in FINISHED:  # finished by another process since this one listed the grid
+            return run.status(), None
+        return go()
+    finally:
+        release(run.folder)
 
 
 # -- executors ---------------------------------------------------------------------------------
@@ -191,8 +259,9 @@ def run_local(runs, results, jobs=None, threads=None, echo=print):
         slot = free.get()
         try:
             t0 = time.time()
-            status, reason = execute(_spec_file(results, run), run.folder,
-                                     os.path.join(results, "logs", run.name + ".log"), slot["args"], slot["env"])
+            status, reason = _claimed_run(run, lambda: execute(
+                _spec_file(results, run), run.folder, os.path.join(results, "logs", run.name + ".log"),
+                slot["args"], slot["env"]))
             return run, status, reason, time.time() - t0
         finally:
             free.put(slot)
@@ -200,6 +269,16 @@ def run_local(runs, results, jobs=None, threads=None, echo=print):
     with ThreadPoolExecutor(len(slots)) as pool:
         for done in as_completed([pool.submit(one, r) for r in runs]):  # submitted in order, reported as they end
             yield done.result()
+
+
+def _check_answers(address, timeout=5.0):
+    """Fail fast with one line when a Ray address does not accept connections (ray.init would retry long)."""
+    target = address.split("://")[-1]
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError):
+        raise GridError(f"the Ray address {address} does not answer (expected host:port of a running head node)")
 
 
 def run_ray(runs, results, address=None, cpus=1, gpus=0, echo=print):
@@ -225,13 +304,23 @@ def run_ray(runs, results, address=None, cpus=1, gpus=0, echo=print):
         return status, reason, time.time() - t0
 
     device = ["train.device=cuda:0"] if gpus else ["train.device=cpu", f"train.threads={cpus}"]
-    pending = {task.remote(_spec_file(results, r), os.path.abspath(r.folder),
-                           os.path.abspath(os.path.join(results, "logs", r.name + ".log")), device): r for r in runs}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        run = pending.pop(ready[0])
-        status, reason, seconds = ray.get(ready[0])
-        yield run, status, reason, seconds
+    pending = {}
+    for r in runs:  # claimed by this driver process while its task runs anywhere in the cluster
+        if not claim(r.folder):
+            yield r, "claimed", "running in another process", 0.0
+            continue
+        pending[task.remote(_spec_file(results, r), os.path.abspath(r.folder),
+                            os.path.abspath(os.path.join(results, "logs", r.name + ".log")), device)] = r
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(ready[0])
+            release(run.folder)
+            status, reason, seconds = ray.get(ready[0])
+            yield run, status, reason, seconds
+    finally:
+        for r in pending.values():
+            release(r.folder)
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -257,6 +346,13 @@ def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_f
             mark = "run" if r in todo else states[r.name]
             echo(f"  {mark:<9} {r.name:<24} " + " ".join(f"{k}={v}" for k, v in r.varies.items()))
         return states
+    if executor == "ray":  # refuse before anything is written: no Ray, or an address that does not answer
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise GridError("the ray executor needs Ray: pip install -e .[ray]")
+        if address and address != "auto":
+            _check_answers(address)
     os.makedirs(results, exist_ok=True)
     stream = (run_ray(todo, results, address, cpus, gpus, echo) if executor == "ray"
               else run_local(todo, results, jobs, threads, echo))

@@ -26,6 +26,10 @@ class DeviceError(ValueError):
     pass
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: the run fails, keeping its last good checkpoint."""
+
+
 def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,10 +95,14 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
         self.method = build_method(cfg.method)
+        torch.manual_seed(t.seed)
+        # channels_last on every device: oneDNN (CPU) and cuDNN both run NHWC convolutions faster;
+        # built before any data work, so a bad model name costs nothing
+        self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(
+            self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
         train_store, val_store = ensure_data(cfg, self.progress)
         lab, unl = split_rows(cfg, len(train_store))
         self.gen = torch.Generator().manual_seed(t.seed)
-        torch.manual_seed(t.seed)
         # the unlabeled pool exists for every method: supervised runs are probed on it too
         self.batches = Batches(cfg, Pool(train_store, lab, self.device),
                                Pool(train_store, unl, self.device) if len(unl) else None, self.device, self.gen)
@@ -108,9 +116,6 @@ class Trainer:
             [transform_points(torch.linalg.inv(crop), torch.as_tensor(vk[..., :2]).double()).numpy(), vk[..., 2:]], -1)
         self.val_bbox = val_store.meta["bbox"][self.val_pool.rows]
 
-        # channels_last on every device: oneDNN (CPU) and cuDNN both run NHWC convolutions faster
-        self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(
-            self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
         self.ctx = Context(self.nets, list(self.nets), self.batches)
         self.method.setup(self.ctx)
         params = [p for n in self.nets for p in n.parameters()]
@@ -122,13 +127,15 @@ class Trainer:
         self.probes = []
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
         self.metrics, self.step, self.timing = [], 0, dict(data=0.0, total=0.0, eval=0.0, probe=0.0)
+        self.loss_sums, self.loss_count = None, 0  # loss terms summed since the last log line
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self):
         return dict(step=self.step, nets=[n.state_dict() for n in self.nets], opt=self.opt.state_dict(),
                     sched=self.sched.state_dict(), gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
                     teachers=[t.state_dict() for t in self.ctx.teachers],
-                    metrics=self.metrics, probes=self.probes, timing=self.timing)
+                    metrics=self.metrics, probes=self.probes, timing=self.timing,
+                    loss_sums=self.loss_sums, loss_count=self.loss_count)
 
     def load_state(self, s):
         self.step = s["step"]
@@ -141,6 +148,7 @@ class Trainer:
         for t, sd in zip(self.ctx.teachers, s["teachers"]):
             t.load_state_dict(sd)
         self.metrics, self.probes, self.timing = s["metrics"], s["probes"], s["timing"]
+        self.loss_sums, self.loss_count = s["loss_sums"], s["loss_count"]
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self):
@@ -182,10 +190,19 @@ class Trainer:
         self.timing["probe"] += time.perf_counter() - t0
 
     def save(self):
+        """metrics, probes and the checkpoint, each written atomically; never a checkpoint of a diverged net."""
+        if self.loss_sums is not None:
+            self.check_finite({k: (v / max(self.loss_count, 1)).item() for k, v in self.loss_sums.items()})
         runs.atomic_write_parquet(self.run.file("metrics.parquet"), pd.DataFrame(
             self.metrics, columns=["step", "split", "name", "value"]))
         runs.atomic_write_parquet(self.run.file("probes.parquet"), pd.DataFrame(self.probes, columns=PROBE_COLUMNS))
         runs.atomic_torch_save(self.run.file("checkpoint.pt"), self.state())
+
+    def check_finite(self, means):
+        bad = {k: v for k, v in means.items() if not np.isfinite(v)}
+        if bad:
+            raise NonFiniteLoss(f"non-finite loss by step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+                                "the last good checkpoint is kept")
 
     def fit(self):
         cfg, t = self.cfg, self.cfg.train
@@ -198,23 +215,24 @@ class Trainer:
         from tqdm import tqdm
         bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc=cfg.method.name,
                    dynamic_ncols=True, leave=False)
-        sums, count = None, 0
         latest, collapsed = {}, None
         t_start = time.perf_counter() - self.timing["total"]
         if self.step == 0 and t.probe_every:
             self.probe()
         while self.step < t.steps:
             loss, terms = self.train_step()
-            sums = terms if sums is None else {k: sums[k] + terms[k] for k in terms}
-            count += 1
+            sums = self.loss_sums
+            self.loss_sums = terms if sums is None else {k: sums[k] + terms[k] for k in terms}
+            self.loss_count += 1
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == t.steps:
                 # .item() syncs with the device: only here, once per log interval
-                means = {k: (v / count).item() for k, v in sums.items()}
+                means = {k: (v / self.loss_count).item() for k, v in self.loss_sums.items()}
+                self.check_finite(means)
                 self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}", value=v) for k, v in means.items()]
                 self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
                 bar.set_postfix(loss=f"{sum(means.values()):.2e}", AP=f"{latest.get('AP', float('nan')):.3f}")
-                sums, count = None, 0
+                self.loss_sums, self.loss_count = None, 0
             collapsed = None
             if t.probe_every and (self.step % t.probe_every == 0 or self.step == t.steps):
                 self.probe()
@@ -225,6 +243,9 @@ class Trainer:
                 self.timing["total"] = time.perf_counter() - t_start
                 self.save()
                 bar.set_postfix(AP=f"{latest.get('AP', float('nan')):.3f}")
+            elif t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.timing["total"] = time.perf_counter() - t_start
+                self.save()
             if collapsed is not None:
                 break
         bar.close()

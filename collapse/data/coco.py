@@ -37,6 +37,12 @@ def load_coco(path):
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or key not in data:
             raise DataError(f"{path} lacks the COCO key '{key}'")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise DataError(f"{path}: '{key}' must be a list")
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or not {"id", "image_id", "category_id"} <= set(ann):
+            raise DataError(f"{path}: an annotation lacks id, image_id or category_id: {str(ann)[:80]}")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -53,16 +59,22 @@ def person_instances(coco, path="annotations"):
     person = [c["id"] for c in coco.dataset["categories"] if c.get("name") == "person"] or [1]
     rows = []
     for img in coco.dataset["images"]:
+        if not isinstance(img, dict) or not {"id", "file_name", "width", "height"} <= set(img):
+            raise DataError(f"{path}: an image entry lacks id, file_name, width or height: {str(img)[:80]}")
         for ann in coco.imgToAnns.get(img["id"], []):
             if ann.get("category_id") not in person or ann.get("iscrowd", 0):
                 continue
-            kps = ann.get("keypoints")
-            if kps is None or len(kps) != 3 * NUM_JOINTS:
-                raise DataError(f"{path}: annotation {ann.get('id')} has {len(kps or [])} keypoint values, "
-                                f"expected {3 * NUM_JOINTS}")
-            x, y, w, h = ann["bbox"]
-            if ann.get("area", 0) <= 0 or w <= 0 or h <= 0 or ann.get("num_keypoints", 0) < 1:
-                continue
+            kps, box = ann.get("keypoints"), ann.get("bbox")
+            if not isinstance(kps, list) or len(kps) != 3 * NUM_JOINTS:
+                raise DataError(f"{path}: annotation {ann.get('id')} has {len(kps) if isinstance(kps, list) else 'no'} "
+                                f"keypoint values, expected {3 * NUM_JOINTS}")
+            if not isinstance(box, list) or len(box) != 4:
+                raise DataError(f"{path}: annotation {ann.get('id')} has no [x, y, w, h] bbox")
+            x, y, w, h = box
+            if w < 0 or h < 0:
+                raise DataError(f"{path}: annotation {ann.get('id')} has a negative box size {box}")
+            if ann.get("area", 0) <= 0 or w == 0 or h == 0 or ann.get("num_keypoints", 0) < 1:
+                continue  # the paper's filter: empty boxes and persons without labeled joints are skipped
             rows.append((img["id"], ann["id"], img["file_name"], img["width"], img["height"], ann["bbox"],
                          ann["area"], kps))
     if not rows:

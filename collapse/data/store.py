@@ -5,6 +5,7 @@ the image->store affine, and keypoints in store coordinates. The crop region is 
 the box widened to the input aspect ratio, then enlarged 1.25x. JPEG decoding happens here and never
 again; stores are keyed by split, input size and margin and reused by every run.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -111,6 +112,8 @@ def build(root, split, input_hw, margin, progress=False):
             annotations=os.path.abspath(ann_file)))
     except BaseException:  # a bad image or an interruption leaves nothing half-built behind
         shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(work))  # the stores folder, if this was its only content
         raise
     try:
         os.rename(work, path)
