@@ -187,7 +187,8 @@ def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.
     return save(fig, stem)
 
 
-ORDER = ("supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual")
+ORDER = ("supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual",
+         "pseudo_label", "self_training", "guided_mix")
 
 
 def _order(label):

@@ -80,6 +80,10 @@ def method_label(row):
     name = row.get("method.name", row.get("method")) or "?"
     bits = {"mean_teacher": f" (ema {row.get('method.ema')})", "threshold": f" (tau {row.get('method.tau')})",
             "easy_hard": "" if row.get("method.pair") in (None, "easy_hard") else f" ({row.get('method.pair')})"}
+    bits.update({
+        "pseudo_label": " (DataDistill)" if row.get("method.ensemble") == "transforms" else " (PseudoPose)",
+        "self_training": " (ST++)" if row.get("method.st_plus") else " (ST)",
+        "guided_mix": " (mixed teaches clean)" if row.get("method.mix_direction") == "mixed_teaches_clean" else ""})
     label = name + bits.get(name, "")
     if row.get("method.joint_cutout"):
         label += f" + JC{row['method.joint_cutout']}"

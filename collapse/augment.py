@@ -182,3 +182,41 @@ def joint_cutout(x, joints, count, gen):
     inside = ((xs - centre[..., 0, None, None]).abs() < half[..., 0, None, None]) & \
              ((ys - centre[..., 1, None, None]).abs() < half[..., 1, None, None])
     return x.masked_fill(inside.any(1, keepdim=True), 0.0)
+
+
+def strong_photometric(x, gen):
+    """ST/ST++'s strong augmentation of unlabeled crops (B,3,H,W) in 0..255, batched on the device:
+    colour jitter (brightness, contrast, saturation factors in [0.5, 1.5]) with p 0.8, grayscale p 0.2,
+    Gaussian blur (sigma ~ U(0.1, 2) at 256-pixel height, scaled to the crop) p 0.5, and cutout p 0.5
+    (area 2-40%, aspect 0.3-3.3, random noise fill). Hue jitter is left out (no cheap batched form)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    u = lambda *shape: torch.rand(*shape, generator=gen).to(dev)
+    jitter = (u(b) < 0.8).view(-1, 1, 1, 1)
+    f = 0.5 + u(3, b)
+    j = _blend(x, torch.zeros_like(x), f[0])                                       # brightness
+    j = _blend(j, _grey(j).mean((1, 2, 3), keepdim=True).expand_as(j), f[1])      # contrast
+    j = _blend(j, _grey(j), f[2])                                                  # saturation
+    x = torch.where(jitter, j, x)
+    x = torch.where((u(b) < 0.2).view(-1, 1, 1, 1), _grey(x), x)
+    # blur: one separable Gaussian per sample, as a grouped convolution over the batch
+    sigma = (0.1 + 1.9 * u(b)) * h / 256
+    r = max(1, int(3 * 2.0 * h / 256 + 0.5))
+    t = torch.arange(-r, r + 1, device=dev, dtype=x.dtype)
+    k = torch.exp(-t[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)                      # (B*3, 2r+1)
+    flat = x.reshape(1, b * 3, h, w)
+    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k.view(b * 3, 1, 1, -1), groups=b * 3)
+    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), k.view(b * 3, 1, -1, 1), groups=b * 3)
+    x = torch.where((u(b) < 0.5).view(-1, 1, 1, 1), flat.view(b, 3, h, w), x)
+    # cutout: a rectangle of random area and aspect, filled with uniform noise
+    area = (0.02 + 0.38 * u(b)) * h * w
+    aspect = torch.exp(math.log(0.3) + 2 * math.log(1 / 0.3) * u(b))
+    bh, bw = (area * aspect).sqrt(), (area / aspect).sqrt()
+    cy, cx = u(b) * h, u(b) * w
+    ys = torch.arange(h, device=dev).view(1, h, 1) + 0.5
+    xs = torch.arange(w, device=dev).view(1, 1, w) + 0.5
+    box = ((ys - cy.view(-1, 1, 1)).abs() < bh.view(-1, 1, 1) / 2) & ((xs - cx.view(-1, 1, 1)).abs() < bw.view(-1, 1, 1) / 2)
+    box = box & (u(b) < 0.5).view(-1, 1, 1)
+    noise = torch.rand(b, 3, h, w, generator=gen).to(dev) * 255
+    return torch.where(box[:, None], noise, x).clamp(0, 255)

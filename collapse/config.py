@@ -55,7 +55,7 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = "supervised"         # see collapse/methods: supervised consistency mean_teacher threshold
-                                     # reweight easy_hard dual
+                                     # reweight easy_hard dual pseudo_label self_training guided_mix
     sup_weight: float = -1.0         # supervised weight per net (-1: the method's default, 0.5 for dual)
     unsup_weight: float = 1.0
     rampup: int = 0                  # steps of sigmoid ramp-up of unsup_weight (0 = constant)
@@ -68,6 +68,14 @@ class MethodConfig:
     randaugment: bool = False        # photometric RandAugment on the student's input
     ra_ops: int = 2
     ra_magnitude: int = 20
+    teacher_steps: int = 0           # pseudo_label / self_training: steps of the supervised teacher stage (0: a third)
+    ensemble: str = "none"           # pseudo-labels from: none (one view) | transforms (flips x scales: DataDistill, ST's TTA)
+    pl_threshold: float = 0.2        # pseudo-labeled joints below this teacher confidence carry no loss
+    st_plus: bool = False            # self_training: ST++ reliability selection
+    select_ratio: float = 0.5        # ST++: share of unlabeled crops trained on first
+    mix_max: float = 0.5             # guided_mix: lam ~ U(0, mix_max), the labeled crop's share of the mix
+    mix_pairing: str = "random"      # guided_mix: random | nearest (pooled appearance)
+    mix_direction: str = "clean_teaches_mixed"  # guided_mix: or mixed_teaches_clean
 
 
 @dataclass
@@ -206,6 +214,15 @@ def validate(cfg: Config):
     m = cfg.method
     if m.pair not in ("easy_hard", "easy_easy", "hard_hard", "hard_easy"):
         raise ConfigError(f"config key 'method.pair' must be easy_hard, easy_easy, hard_hard or hard_easy, got '{m.pair}'")
+    for key, value, allowed in (("ensemble", m.ensemble, ("none", "transforms")),
+                                ("mix_pairing", m.mix_pairing, ("random", "nearest")),
+                                ("mix_direction", m.mix_direction, ("clean_teaches_mixed", "mixed_teaches_clean"))):
+        if value not in allowed:
+            raise ConfigError(f"config key 'method.{key}' must be {' or '.join(allowed)}, got '{value}'")
+    if not 0 < m.mix_max < 1 or not 0 < m.select_ratio <= 1:
+        raise ConfigError("config keys 'method.mix_max' and 'method.select_ratio' must be in (0, 1)")
+    if m.teacher_steps < 0 or m.teacher_steps >= t.steps:
+        raise ConfigError(f"config key 'method.teacher_steps' must be in [0, train.steps), got {m.teacher_steps}")
     if not 0 <= m.ema < 1:
         raise ConfigError("config key 'method.ema' must be in [0, 1)")
     if m.joint_cutout < 0 or m.unsup_weight < 0:

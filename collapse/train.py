@@ -79,11 +79,15 @@ def val_rows(cfg: Config, store):
 
 @dataclass
 class Context:
-    """What a method sees: networks, their teachers, the batch maker, the step."""
+    """What a method sees: networks, their teachers, the batch maker, the step (and, for staged
+    recipes, the run's length and folder, and a way to re-initialise a net as a fresh student)."""
     nets: list
     teachers: list
     batches: Batches
     step: int = 0
+    steps: int = 0
+    run: object = None
+    reset_net: object = None
     stats: dict = field(default_factory=dict)
 
 
@@ -116,18 +120,29 @@ class Trainer:
             [transform_points(torch.linalg.inv(crop), torch.as_tensor(vk[..., :2]).double()).numpy(), vk[..., 2:]], -1)
         self.val_bbox = val_store.meta["bbox"][self.val_pool.rows]
 
-        self.ctx = Context(self.nets, list(self.nets), self.batches)
-        self.method.setup(self.ctx)
         params = [p for n in self.nets for p in n.parameters()]
         self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
+        self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
+        self.ctx = Context(self.nets, list(self.nets), self.batches, steps=t.steps, run=self.run,
+                           reset_net=self.reset_net)
+        self.method.setup(self.ctx)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
         self.forward = [torch.compile(n) if t.compile else n for n in self.nets]
         self.prober = Prober(self.batches, {"unlabeled": self.batches.unlabeled_pool, "val": self.val_pool},
                              t.probe_size)
         self.probes = []
-        self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
         self.metrics, self.step, self.timing = [], 0, dict(data=0.0, total=0.0, eval=0.0, probe=0.0)
         self.loss_sums, self.loss_count = None, 0  # loss terms summed since the last log line
+
+    def reset_net(self, i):
+        """Re-initialise net i in place (a fresh student: new weights, empty optimizer state), with a seed
+        derived from the run's and the step, so a resumed run draws the same weights."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step + i)
+            fresh = build_model(self.cfg.model, NUM_JOINTS, self.cfg.data.heatmap_stride)
+        self.nets[i].load_state_dict(fresh.state_dict())
+        for p in self.nets[i].parameters():
+            self.opt.state.pop(p, None)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self):
@@ -135,7 +150,8 @@ class Trainer:
                     sched=self.sched.state_dict(), gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
                     teachers=[t.state_dict() for t in self.ctx.teachers],
                     metrics=self.metrics, probes=self.probes, timing=self.timing,
-                    loss_sums=self.loss_sums, loss_count=self.loss_count)
+                    loss_sums=self.loss_sums, loss_count=self.loss_count,
+                    method=self.method.state_dict(), unlabeled_subset=self.batches.unlabeled_subset)
 
     def load_state(self, s):
         self.step = s["step"]
@@ -149,6 +165,8 @@ class Trainer:
             t.load_state_dict(sd)
         self.metrics, self.probes, self.timing = s["metrics"], s["probes"], s["timing"]
         self.loss_sums, self.loss_count = s["loss_sums"], s["loss_count"]
+        self.method.load_state_dict(self.ctx, s["method"])
+        self.batches.unlabeled_subset = s["unlabeled_subset"]
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self):
@@ -222,7 +240,8 @@ class Trainer:
         while self.step < t.steps:
             loss, terms = self.train_step()
             sums = self.loss_sums
-            self.loss_sums = terms if sums is None else {k: sums[k] + terms[k] for k in terms}
+            # a staged method's terms change between stages: a term absent at a step counts as 0 there
+            self.loss_sums = terms if sums is None else {k: sums.get(k, 0) + terms.get(k, 0) for k in {**sums, **terms}}
             self.loss_count += 1
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == t.steps:

@@ -8,6 +8,6 @@ Register one with @register("name").
 """
 from .base import Method, heatmap_mse
 from .registry import METHODS, MethodError, build_method, register
-from . import consistency, supervised  # noqa: F401  (they register themselves)
+from . import consistency, mix, pseudo, supervised  # noqa: F401  (they register themselves)
 
 __all__ = ["Method", "METHODS", "MethodError", "build_method", "register", "heatmap_mse"]

@@ -57,6 +57,13 @@ class Method:
     def after_step(self, ctx):
         pass
 
+    def state_dict(self):
+        """What a staged recipe must carry across a checkpoint (pseudo-labels, stage...)."""
+        return {}
+
+    def load_state_dict(self, ctx, state):
+        pass
+
     # -- shared pieces of the recipes ----------------------------------------------------------
     def student_view(self, ctx, unl, kind, extra=None):
         ra = None

@@ -1,0 +1,53 @@
+"""GuidedMix for heatmaps: labeled/unlabeled mixing with the unlabeled target recovered from the mix."""
+import torch
+import torch.nn.functional as F
+
+from .base import Method, heatmap_mse
+from .registry import register
+
+
+def pair_labeled(lab_x, unl_x, how, gen):
+    """For each unlabeled crop, the index of a labeled crop: random, or the nearest by pooled
+    appearance (cosine similarity of 4x3-pooled pixels, a cheap stand-in for pooled features)."""
+    if how == "random":
+        return torch.randint(len(lab_x), (len(unl_x),), generator=gen).to(unl_x.device)
+    feat = lambda x: F.normalize(F.adaptive_avg_pool2d(x, (4, 3)).flatten(1), dim=1)
+    return (feat(unl_x) @ feat(lab_x).T).argmax(1)
+
+
+def recover(mixed_heat, labeled_target, lam):
+    """The unlabeled part of a mixed prediction: (H_mix - lam * G_l)^+ / (1 - lam), exact where the net
+    is linear in the mix and right on the labeled crop (G_l: its ground-truth heatmap)."""
+    lam = lam.view(-1, 1, 1, 1)
+    return (mixed_heat - lam * labeled_target).clamp(min=0) / (1 - lam)
+
+
+@register("guided_mix")
+class GuidedMix(Method):
+    """Each unlabeled crop is mixed with a labeled one, x = lam x_l + (1 - lam) x_u, lam ~ U(0, mix_max)
+    (the labeled crop the minor part), and the unlabeled heatmap is recovered from the mixed prediction
+    by removing the labeled ground truth. `mix_direction` is the collapse axis: clean_teaches_mixed
+    (the released code: the clean prediction, stop-gradient, teaches the recovered one: easy -> hard) or
+    mixed_teaches_clean (the paper's wording: the recovered heatmap teaches the clean prediction)."""
+    uses_unlabeled = True
+
+    def losses(self, ctx, lab, unl, forward=None):
+        terms = super().losses(ctx, lab, None, forward)
+        if unl is None:
+            return terms
+        net, gen = ctx.nets[0], ctx.batches.gen
+        xu, _, _ = self.student_view(ctx, unl, "easy")
+        pair = pair_labeled(lab["x"], xu, self.cfg.mix_pairing, gen)
+        lam = torch.rand(len(xu), generator=gen).to(xu.device) * self.cfg.mix_max
+        mixed = lam.view(-1, 1, 1, 1) * lab["x"][pair] + (1 - lam.view(-1, 1, 1, 1)) * xu
+        g_l = lab["target"][pair]
+        if self.cfg.mix_direction == "clean_teaches_mixed":
+            with torch.no_grad():
+                target = net(xu).float()
+            pred = recover(net(mixed).float(), g_l, lam)
+        else:
+            with torch.no_grad():
+                target = recover(net(mixed).float(), g_l, lam)
+            pred = net(xu).float()
+        terms["unsup"] = self.unsup_weight(ctx.step) * heatmap_mse(pred, target)
+        return terms
