@@ -75,6 +75,14 @@ def cmd_grid(args):
         print(f"failed runs keep their reason in their manifest.json; logs in {os.path.join(args.out, 'logs')}")
 
 
+def cmd_bench(args):
+    from . import config
+    from .bench import bench
+    if args.steps < 1 or args.batches < 1:
+        raise ConfigError("--steps and --batches must be positive")
+    bench(config.load(args.config, args.overrides), args.steps, args.batches, args.workers)
+
+
 def cmd_figures(args):
     from analysis import write_figures
     paths = write_figures(args.results, args.out)
@@ -144,6 +152,17 @@ def parser():
     gr.add_argument("--cpus", type=int, default=1, help="ray: CPUs per run (default 1)")
     gr.add_argument("--gpus", type=float, default=0, help="ray: GPUs per run (default 0)")
     gr.set_defaults(func=cmd_grid)
+
+    be = sub.add_parser("bench", help="training speed, and the batched data path vs a per-sample CPU pipeline",
+                        description="On the current device: ms/step, steps/s, images/s, the data path's share of a "
+                        "step, and the same labeled batches from a per-sample CPU pipeline (PIL warps, numpy targets, "
+                        "DataLoader workers) as a ratio.")
+    be.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    be.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    be.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
+    be.add_argument("--batches", type=int, default=30, help="timed batches per data path (default 30)")
+    be.add_argument("--workers", type=int, help="DataLoader workers of the per-sample pipeline (default: CPU count)")
+    be.set_defaults(func=cmd_bench)
 
     fi = sub.add_parser("figures", help="paper-ready figures of a results folder (PNG + PDF)",
                         description="Collapse curves, response distributions (ridge), fg/bg boundary drift and "

@@ -79,6 +79,12 @@ class MethodConfig:
 
 
 @dataclass
+class EvalConfig:
+    flip_test: bool = False          # average with the mirrored crop's heatmaps (joints swapped)
+    decode: str = "argmax"           # argmax (+ quarter-pixel shift) | dark (Taylor refinement on the log-heatmap)
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1500
     batch_labeled: int = 32
@@ -106,6 +112,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -223,6 +230,8 @@ def validate(cfg: Config):
         raise ConfigError("config keys 'method.mix_max' and 'method.select_ratio' must be in (0, 1)")
     if m.teacher_steps < 0 or m.teacher_steps >= t.steps:
         raise ConfigError(f"config key 'method.teacher_steps' must be in [0, train.steps), got {m.teacher_steps}")
+    if cfg.eval.decode not in ("argmax", "dark"):
+        raise ConfigError(f"config key 'eval.decode' must be argmax or dark, got '{cfg.eval.decode}'")
     if not 0 <= m.ema < 1:
         raise ConfigError("config key 'method.ema' must be in [0, 1)")
     if m.joint_cutout < 0 or m.unsup_weight < 0:

@@ -9,15 +9,35 @@ import io
 import numpy as np
 import torch
 
-from .augment import normalise, store_to_input, transform_points, warp
-from .heatmaps import decode
+from .augment import about_centre, normalise, store_to_input, swap_flipped, transform_points, warp
+from .heatmaps import decode, decode_dark
 
 IN_VIS_THRE = 0.2  # joints above this confidence count in the instance score (SimpleBaseline rescoring)
 COCO_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
+def flipped_view(n, hw, device):
+    """The mirror about the crop centre, as a view matrix (the flip test's second view)."""
+    flip = torch.ones(n, dtype=torch.bool, device=device)
+    return about_centre(torch.zeros(n, device=device), torch.ones(n, device=device), flip, hw), flip
+
+
+def heatmaps(net, x, flip_test, stride):
+    """The net's heatmaps for input x; with flip_test, averaged with those of the mirrored input carried
+    back (joint channels swapped). Continuous coordinates make the carried-back map exact: no 1-px shift."""
+    heat = net(x).float()
+    if not flip_test:
+        return heat
+    hw = x.shape[-2:]
+    M, flip = flipped_view(len(x), hw, x.device)
+    mirrored = net(warp(x, M, hw)).float()
+    s = torch.diag(torch.tensor([1.0 / stride, 1.0 / stride, 1.0], device=x.device))
+    back = warp(mirrored, s @ M @ torch.linalg.inv(s), heat.shape[-2:])  # a mirror is its own inverse
+    return 0.5 * (heat + swap_flipped(back, flip))
+
+
 @torch.no_grad()
-def predict(net, pool, input_hw, stride, batch=256):
+def predict(net, pool, input_hw, stride, batch=256, flip_test=False, decoder="argmax", sigma=2.0):
     """Keypoints (N,J,2) in image coordinates and per-joint confidences (N,J) for every row of `pool`."""
     was_training = net.training
     net.eval()
@@ -27,8 +47,8 @@ def predict(net, pool, input_hw, stride, batch=256):
         idx = torch.arange(a, min(a + batch, len(pool)))
         crops, _ = pool.fetch(idx)
         A = store_to_input(len(idx), pool.store.store_hw, input_hw, device)
-        heat = net(warp(normalise(crops), A, input_hw)).float()
-        xy, conf = decode(heat)
+        heat = heatmaps(net, warp(normalise(crops), A, input_hw), flip_test, stride)
+        xy, conf = decode_dark(heat, sigma) if decoder == "dark" else decode(heat)
         coords.append(transform_points(torch.linalg.inv(A), xy * stride).cpu())
         scores.append(conf.cpu())
     net.train(was_training)
@@ -72,9 +92,10 @@ def pck(coords, keypoints, bbox, alpha=0.1):
     return float((dist < thr)[labeled].mean()) if labeled.any() else 0.0
 
 
-def evaluate(net, pool, gt_coco, input_hw, stride, gt_keypoints, gt_bbox):
+def evaluate(net, pool, gt_coco, input_hw, stride, gt_keypoints, gt_bbox, flip_test=False, decoder="argmax",
+             sigma=2.0):
     """(metrics dict, COCO results list) for a network on a validation pool."""
-    coords, conf = predict(net, pool, input_hw, stride)
+    coords, conf = predict(net, pool, input_hw, stride, flip_test=flip_test, decoder=decoder, sigma=sigma)
     image_ids = pool.store.meta["image_id"][pool.rows]
     results = to_coco_results(image_ids, coords, conf)
     metrics = coco_ap(gt_coco, results, image_ids)

@@ -194,8 +194,10 @@ class Trainer:
         named = [("", self.nets[0])] if len(self.nets) == 1 else \
             [(f"/net{i}", n) for i, n in enumerate(self.nets)] + [("/ens", Average(self.nets))]
         for suffix, net in named:
+            e = self.cfg.eval
             metrics, results = evaluate(net, self.val_pool, self.val_gt, tuple(self.cfg.data.input_size),
-                                        self.cfg.data.heatmap_stride, self.val_keypoints, self.val_bbox)
+                                        self.cfg.data.heatmap_stride, self.val_keypoints, self.val_bbox,
+                                        e.flip_test, e.decode, self.cfg.data.sigma)
             rows += [dict(step=self.step, split="val", name=k + suffix, value=v) for k, v in metrics.items()]
             runs.atomic_write_json(self.run.file("predictions", f"step{self.step:07d}{suffix.replace('/', '_')}.json"), results)
         self.metrics += rows
