@@ -27,6 +27,16 @@ def cmd_prepare(args):
             raise ConfigError("--train and --val must be positive")
         synthetic.prepare(args.out, args.train, args.val, args.seed, args.workers)
         print(f"wrote {args.train} train and {args.val} val images to {args.out}")
+    else:
+        from .data.prepare_coco import prepare
+        sizes = []
+        for text in args.sizes.split(","):
+            try:
+                h, w = (int(v) for v in text.lower().split("x"))
+            except ValueError:
+                raise ConfigError(f"--sizes takes HxW[,HxW...], got '{args.sizes}'")
+            sizes.append((h, w))
+        prepare(args.root, args.unlabeled_boxes, args.score, sizes, workers=args.workers, seed=args.seed)
 
 
 def _default_out(cfg, base="results"):
@@ -116,6 +126,17 @@ def parser():
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     syn.set_defaults(func=cmd_prepare)
+    co = prs.add_parser("coco", help="COCO person keypoints: filtered instances, labeled splits, unlabeled pool, "
+                        "crop stores", description="Reads ROOT/annotations/person_keypoints_{train,val}2017.json "
+                        "(and image_info_unlabeled2017.json with --unlabeled-boxes); writes ROOT/splits/ "
+                        "(first_N and random_N for 1K/5K/10K/all) and the crop stores (parallel, resumable).")
+    co.add_argument("--root", required=True, help="COCO folder")
+    co.add_argument("--unlabeled-boxes", help="detection results (COCO format) on unlabeled2017: the unlabeled pool")
+    co.add_argument("--score", type=float, default=0.5, help="minimum detection score for the pool (default 0.5)")
+    co.add_argument("--sizes", default="256x192,384x288", help="crop-store input sizes (default 256x192,384x288)")
+    co.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+    co.add_argument("--seed", type=int, default=0, help="seed of the random splits")
+    co.set_defaults(func=cmd_prepare)
 
     tr = sub.add_parser("train", help="train one run", description="Train one run. Overrides are dotted "
                         "config keys, e.g. method.name=supervised train.steps=2000.")

@@ -29,8 +29,11 @@ class DataConfig:
     heatmap_stride: int = 2
     sigma: float = 1.5               # Gaussian target sigma in heatmap pixels
     store_margin: float = 1.25       # stored crops cover this much more than the input crop
-    labeled: int = 300               # first N train instances are labeled (-1: all)
-    unlabeled: int = -1              # instances after the labeled ones used as unlabeled pool (-1: all)
+    labeled: int = 300               # N train instances are labeled (-1: all) ...
+    split: str = "first"             # ... the first N in file order (the paper's code) | random (seeded)
+    split_seed: int = 0
+    unlabeled: int = -1              # size of the unlabeled pool, the rest of the train instances (-1: all)
+    unlabeled_split: str = ""        # or a separate split as the pool, e.g. unlabeled2017 (detection boxes)
     val: int = -1                    # validation instances evaluated (-1: all)
 
 
@@ -216,6 +219,8 @@ def validate(cfg: Config):
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
     if t.checkpoint_every < 0 or t.probe_every < 0:
         raise ConfigError("config keys 'train.checkpoint_every' and 'train.probe_every' must be >= 0")
+    if d.split not in ("first", "random"):
+        raise ConfigError(f"config key 'data.split' must be first or random, got '{d.split}'")
     if d.labeled == 0 or d.labeled < -1:
         raise ConfigError(f"config key 'data.labeled' must be positive or -1 (all), got {d.labeled}")
     m = cfg.method

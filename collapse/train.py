@@ -42,27 +42,40 @@ def resolve_device(name):
 
 
 def ensure_data(cfg: Config, progress=False):
-    """Prepare the synthetic set if it is the source and absent; build (or reuse) the crop stores."""
+    """Prepare the synthetic set if it is the source and absent; build (or reuse) the crop stores:
+    (train, val) or (train, val, unlabeled pool)."""
     d = cfg.data
     if d.source == "synthetic" and not synthetic.is_prepared(d.root):
         synthetic.prepare(d.root, d.synthetic_train, d.synthetic_val, d.synthetic_seed)
     elif not os.path.isdir(d.root):
         raise DataError(f"data folder not found: {d.root}")
     hw = tuple(d.input_size)
-    return (build_store(d.root, d.train_split, hw, d.store_margin, progress),
-            build_store(d.root, d.val_split, hw, d.store_margin, progress))
+    stores = (build_store(d.root, d.train_split, hw, d.store_margin, progress),
+              build_store(d.root, d.val_split, hw, d.store_margin, progress))
+    if d.unlabeled_split:
+        stores += (build_store(d.root, d.unlabeled_split, hw, d.store_margin, progress, require_keypoints=False),)
+    return stores
 
 
-def split_rows(cfg: Config, n_train):
-    """Labeled = the first `labeled` instances (the paper's split); unlabeled = the rest (or the first `unlabeled`)."""
+def labeled_order(cfg: Config, n_train):
+    """Train instance rows in labeling order: file order (the paper's first-N split) or a seeded shuffle."""
+    if cfg.data.split == "first":
+        return np.arange(n_train)
+    return np.random.default_rng(cfg.data.split_seed).permutation(n_train)
+
+
+def split_rows(cfg: Config, n_train, n_pool=None):
+    """(labeled rows, unlabeled rows): the first `labeled` instances of the labeling order; the pool is the
+    rest of them, or, with data.unlabeled_split, all `n_pool` rows of that split (either cut to `unlabeled`)."""
     d = cfg.data
     n_lab = n_train if d.labeled == -1 else d.labeled
     if n_lab > n_train:
         raise DataError(f"data.labeled={d.labeled} is larger than the {n_train} training instances")
-    rest = np.arange(n_lab, n_train)
+    order = labeled_order(cfg, n_train)
+    rest = order[n_lab:] if n_pool is None else np.arange(n_pool)
     if d.unlabeled != -1:
         rest = rest[: d.unlabeled]
-    return np.arange(n_lab), rest
+    return np.sort(order[:n_lab]), rest
 
 
 def val_rows(cfg: Config, store):
@@ -104,12 +117,13 @@ class Trainer:
         # built before any data work, so a bad model name costs nothing
         self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(
             self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
-        train_store, val_store = ensure_data(cfg, self.progress)
-        lab, unl = split_rows(cfg, len(train_store))
+        train_store, val_store, *pool_store = ensure_data(cfg, self.progress)
+        pool_store = pool_store[0] if pool_store else train_store
+        lab, unl = split_rows(cfg, len(train_store), len(pool_store) if cfg.data.unlabeled_split else None)
         self.gen = torch.Generator().manual_seed(t.seed)
         # the unlabeled pool exists for every method: supervised runs are probed on it too
         self.batches = Batches(cfg, Pool(train_store, lab, self.device),
-                               Pool(train_store, unl, self.device) if len(unl) else None, self.device, self.gen)
+                               Pool(pool_store, unl, self.device) if len(unl) else None, self.device, self.gen)
         if self.method.uses_unlabeled and self.batches.unlabeled_pool is None:
             raise DataError("this method needs unlabeled data but data.labeled leaves none")
         self.val_pool = Pool(val_store, val_rows(cfg, val_store), self.device)

@@ -50,7 +50,7 @@ def load_coco(path):
     return coco
 
 
-def person_instances(coco, path="annotations"):
+def person_instances(coco, path="annotations", require_keypoints=True):
     """Instances usable for training/evaluation, in the file's image order then annotation order.
 
     Kept as the paper's code does: person category, not crowd, area > 0, a box with positive size,
@@ -64,7 +64,7 @@ def person_instances(coco, path="annotations"):
         for ann in coco.imgToAnns.get(img["id"], []):
             if ann.get("category_id") not in person or ann.get("iscrowd", 0):
                 continue
-            kps, box = ann.get("keypoints"), ann.get("bbox")
+            kps, box = ann.get("keypoints", None if require_keypoints else [0] * 3 * NUM_JOINTS), ann.get("bbox")
             if not isinstance(kps, list) or len(kps) != 3 * NUM_JOINTS:
                 raise DataError(f"{path}: annotation {ann.get('id')} has {len(kps) if isinstance(kps, list) else 'no'} "
                                 f"keypoint values, expected {3 * NUM_JOINTS}")
@@ -73,10 +73,10 @@ def person_instances(coco, path="annotations"):
             x, y, w, h = box
             if w < 0 or h < 0:
                 raise DataError(f"{path}: annotation {ann.get('id')} has a negative box size {box}")
-            if ann.get("area", 0) <= 0 or w == 0 or h == 0 or ann.get("num_keypoints", 0) < 1:
+            if ann.get("area", w * h) <= 0 or w == 0 or h == 0 or (require_keypoints and ann.get("num_keypoints", 0) < 1):
                 continue  # the paper's filter: empty boxes and persons without labeled joints are skipped
-            rows.append((img["id"], ann["id"], img["file_name"], img["width"], img["height"], ann["bbox"],
-                         ann["area"], kps))
+            rows.append((img["id"], ann["id"], img["file_name"], img["width"], img["height"], box,
+                         ann.get("area", w * h), kps, ann.get("score", 1.0)))
     if not rows:
         raise DataError(f"{path} has no usable person annotations")
     return dict(
@@ -86,4 +86,5 @@ def person_instances(coco, path="annotations"):
         bbox=np.array([r[5] for r in rows], dtype=np.float64),
         area=np.array([r[6] for r in rows], dtype=np.float64),
         keypoints=np.array([r[7] for r in rows], dtype=np.float64).reshape(-1, NUM_JOINTS, 3),
+        score=np.array([r[8] for r in rows], dtype=np.float64),
     )

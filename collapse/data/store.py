@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import shutil
-import uuid
 
 import numpy as np
 import torch
@@ -68,60 +67,113 @@ def store_path(root, split, input_hw, margin):
     return os.path.join(root, "stores", f"{split}_{input_hw[0]}x{input_hw[1]}_m{margin:g}")
 
 
-def build(root, split, input_hw, margin, progress=False):
-    """Build (or reuse) the crop store of one split; returns a CropStore."""
+CHUNK = 64  # images per unit of work: the unit of parallelism and of resumption
+
+
+def _cut_chunk(args):
+    """Decode the images of one chunk and cut their instances into the memmap (a worker's job)."""
+    crops_path, shape, images, file_names, affines, starts, ends = args
+    torch.set_num_threads(1)
+    crops = np.memmap(crops_path, dtype=np.uint8, mode="r+", shape=shape)
+    for fname, a, b in zip(file_names, starts, ends):  # one decode per image, its instances in one warp
+        path = os.path.join(images, fname)
+        try:
+            with Image.open(path) as im:
+                arr = np.array(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"image {path} is missing or unreadable: {e.__class__.__name__}")
+        img = torch.from_numpy(arr).permute(2, 0, 1).float()[None].expand(b - a, -1, -1, -1)
+        out = warp(img, torch.as_tensor(affines[a - starts[0]:b - starts[0]]).float(), shape[1:3])
+        crops[a:b] = out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    crops.flush()
+    return True
+
+
+def build(root, split, input_hw, margin, progress=False, workers=0, require_keypoints=True):
+    """Build (or reuse) the crop store of one split; returns a CropStore.
+
+    Work goes into `<store>.partial` in chunks of CHUNK images, each recorded in `done.npy` when written,
+    so an interrupted build resumes where it stopped; `workers` > 0 decodes chunks in that many processes.
+    One builder at a time (a file lock); the finished folder is renamed into place. A bad image or
+    annotation file leaves nothing behind. require_keypoints=False admits instances without labeled
+    joints (an unlabeled pool from detection boxes)."""
+    import fcntl
     path = store_path(root, split, input_hw, margin)
     if os.path.exists(os.path.join(path, "info.json")):
         return CropStore(path)
     ann_file = annotation_path(root, split)
-    inst = person_instances(load_coco(ann_file), ann_file)
+    inst = person_instances(load_coco(ann_file), ann_file, require_keypoints)
     images = image_dir(root, split)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with open(path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits here, then finds the store done
+            if not os.path.exists(os.path.join(path, "info.json")):
+                _build_locked(path, inst, images, ann_file, input_hw, margin, progress, workers, split)
+    except DataError:  # bad input: leave nothing behind (the stores folder too, if it held only this)
+        with contextlib.suppress(OSError):
+            os.remove(path + ".lock")
+            os.rmdir(os.path.dirname(path))
+        raise
+    return CropStore(path)
+
+
+def _build_locked(path, inst, images, ann_file, input_hw, margin, progress, workers, split):
+    work = path + ".partial"
     shw = store_hw(input_hw, margin)
     n = len(inst["ann_id"])
-    # built in a private folder, then renamed into place: concurrent builders never see each other's halves
-    work = f"{path}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.makedirs(work)
+    shape = (n, *shw, 3)
+    os.makedirs(work, exist_ok=True)
+    crops_path = os.path.join(work, "crops.u8")
+    np.memmap(crops_path, dtype=np.uint8, mode="r+" if os.path.exists(crops_path) else "w+", shape=shape).flush()
+    affines = crop_affines(inst["bbox"], input_hw, shw)
+    starts = np.flatnonzero(np.r_[True, inst["image_id"][1:] != inst["image_id"][:-1]])
+    ends = np.r_[starts[1:], n]
+    chunks = [slice(c, c + CHUNK) for c in range(0, len(starts), CHUNK)]
+    done_path = os.path.join(work, "done.npy")
+    done = np.load(done_path) if os.path.exists(done_path) else np.zeros(len(chunks), dtype=bool)
+    jobs = [(k, (crops_path, shape, images, inst["file_name"][starts[c]], affines[starts[c][0]:ends[c][-1]].numpy(),
+                 starts[c], ends[c])) for k, c in enumerate(chunks) if not done[k]]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(chunks), initial=int(done.sum()), desc=f"crop store {split}", unit="chunk")
     try:
-        crops = np.memmap(os.path.join(work, "crops.u8"), dtype=np.uint8, mode="w+", shape=(n, *shw, 3))
-        affines = crop_affines(inst["bbox"], input_hw, shw)
-        starts = np.flatnonzero(np.r_[True, inst["image_id"][1:] != inst["image_id"][:-1]])
-        ends = np.r_[starts[1:], n]
-        it = zip(starts, ends)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(list(it), desc=f"crop store {split}", unit="img")
-        for a, b in it:  # one decode per image, all its instances cut in one batched warp
-            fname = os.path.join(images, inst["file_name"][a])
-            try:
-                with Image.open(fname) as im:
-                    arr = np.array(im.convert("RGB"))
-            except (OSError, ValueError) as e:
-                raise DataError(f"image {fname} is missing or unreadable: {e.__class__.__name__}")
-            img = torch.from_numpy(arr).permute(2, 0, 1).float()[None].expand(b - a, -1, -1, -1)
-            out = warp(img, affines[a:b].float(), shw)
-            crops[a:b] = out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-        crops.flush()
-        del crops
-        kp = inst["keypoints"].copy()
-        kp[..., :2] = transform_points(affines, torch.as_tensor(kp[..., :2])).numpy()
-        np.savez(os.path.join(work, "meta.npz"), image_id=inst["image_id"], ann_id=inst["ann_id"],
-                 bbox=inst["bbox"], area=inst["area"], keypoints=kp.astype(np.float32),
-                 crop=affines.numpy())
-        atomic_write_json(os.path.join(work, "info.json"), dict(
-            count=n, store_hw=list(shw), input_hw=list(input_hw), margin=margin, split=split,
-            annotations=os.path.abspath(ann_file)))
-    except BaseException:  # a bad image or an interruption leaves nothing half-built behind
+        if workers > 0 and len(jobs) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                for k, _ in zip([k for k, _ in jobs], pool.map(_cut_chunk, [j for _, j in jobs])):
+                    done[k] = True
+                    _save_done(done_path, done)
+                    bar and bar.update(1)
+        else:
+            for k, job in jobs:
+                _cut_chunk(job)
+                done[k] = True
+                _save_done(done_path, done)
+                bar and bar.update(1)
+    except DataError:  # bad input: nothing half-built stays behind
         shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(work))  # the stores folder, if this was its only content
         raise
-    try:
-        os.rename(work, path)
-    except OSError:  # another process finished the same store first: keep theirs
-        shutil.rmtree(work, ignore_errors=True)
-        if not os.path.exists(os.path.join(path, "info.json")):
-            raise
-    return CropStore(path)
+    finally:
+        bar and bar.close()
+    kp = inst["keypoints"].copy()
+    kp[..., :2] = transform_points(affines, torch.as_tensor(kp[..., :2])).numpy()
+    np.savez(os.path.join(work, "meta.npz"), image_id=inst["image_id"], ann_id=inst["ann_id"],
+             bbox=inst["bbox"], area=inst["area"], keypoints=kp.astype(np.float32), score=inst["score"],
+             crop=affines.numpy())
+    os.remove(done_path)
+    atomic_write_json(os.path.join(work, "info.json"), dict(
+        count=n, store_hw=list(shw), input_hw=list(input_hw), margin=margin, split=split,
+        annotations=os.path.abspath(ann_file)))
+    os.rename(work, path)
+
+
+def _save_done(path, done):
+    tmp = path + ".tmp.npy"
+    np.save(tmp, done)
+    os.replace(tmp, path)
 
 
 class Pool:
