@@ -50,9 +50,9 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"               # tiny | resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+    name: str = "tiny"               # tiny | resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | hrnet_w32 | hrnet_w48
     width: int = 32                  # tiny net base channels
-    pretrained: str = ""             # torchvision ResNet checkpoint: file path or URL ('' = random init)
+    pretrained: str = ""             # torchvision ResNet / official HRNet checkpoint: file or URL ('' = random init)
 
 
 @dataclass

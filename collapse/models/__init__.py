@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from .hrnet import HRNet, load_hrnet_pretrained
 from .resnet import SimpleBaseline, load_torchvision_backbone
 from .tiny import TinyPose
 
@@ -9,6 +10,8 @@ MODELS = {
     "tiny": lambda cfg, joints, stride: TinyPose(joints, cfg.width, stride),
     **{f"resnet{d}": (lambda d: lambda cfg, joints, stride: SimpleBaseline(d, joints, stride))(d)
        for d in (18, 34, 50, 101, 152)},
+    "hrnet_w32": lambda cfg, joints, stride: HRNet(32, joints),
+    "hrnet_w48": lambda cfg, joints, stride: HRNet(48, joints),
 }
 
 
@@ -19,11 +22,16 @@ class ModelError(ValueError):
 def build_model(cfg, joints, stride):
     if cfg.name not in MODELS:
         raise ModelError(f"unknown model '{cfg.name}' (choose from {', '.join(MODELS)})")
+    if cfg.name.startswith("hrnet") and stride != 4:
+        raise ModelError(f"{cfg.name} predicts heatmaps at stride 4: set data.heatmap_stride=4")
     net = MODELS[cfg.name](cfg, joints, stride)
     if cfg.pretrained:
-        if not cfg.name.startswith("resnet"):
-            raise ModelError("model.pretrained applies to resnet models only")
-        load_torchvision_backbone(net.backbone, cfg.pretrained)
+        if cfg.name.startswith("resnet"):
+            load_torchvision_backbone(net.backbone, cfg.pretrained)
+        elif cfg.name.startswith("hrnet"):
+            load_hrnet_pretrained(net, cfg.pretrained)
+        else:
+            raise ModelError("model.pretrained applies to resnet and hrnet models")
     return net
 
 

@@ -108,14 +108,19 @@ class SimpleBaseline(nn.Module):
         return self.head(self.deconv(self.backbone(x)))
 
 
-def load_torchvision_backbone(backbone, source):
-    """Load a torchvision ResNet state dict (file path or URL) into `backbone`; `fc.*` is dropped."""
+def _read_state(source):
+    """A state dict from a file path or a URL (through torch.hub's cache)."""
     if os.path.isfile(source):
         state = torch.load(source, map_location="cpu", weights_only=True)
     elif "://" in source:
         state = torch.hub.load_state_dict_from_url(source, map_location="cpu")
     else:
         raise FileNotFoundError(f"pretrained weights not found: {source}")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_torchvision_backbone(backbone, source):
+    """Load a torchvision ResNet state dict (file path or URL) into `backbone`; `fc.*` is dropped."""
+    state = {k: v for k, v in _read_state(source).items() if not k.startswith("fc.")}
     backbone.load_state_dict(state, strict=True)
     return backbone
