@@ -85,6 +85,9 @@ class MethodConfig:
 class EvalConfig:
     flip_test: bool = False          # average with the mirrored crop's heatmaps (joints swapped)
     decode: str = "argmax"           # argmax (+ quarter-pixel shift) | dark (Taylor refinement on the log-heatmap)
+    boxes: str = ""                  # '' = ground-truth boxes; or a detection-results file (COCO format) for val
+    box_score: float = 0.0           # detections below this score are dropped
+    oks_nms: float = 0.9             # with detection boxes: OKS-NMS threshold per image
 
 
 @dataclass

@@ -57,16 +57,38 @@ def predict(net, pool, input_hw, stride, batch=256, flip_test=False, decoder="ar
     return transform_points(torch.linalg.inv(crop), xy_store).numpy(), torch.cat(scores).numpy()
 
 
-def to_coco_results(image_ids, coords, conf):
-    """COCO keypoint results; instance score = mean confidence of joints above IN_VIS_THRE (box score 1)."""
+def to_coco_results(image_ids, coords, conf, box_scores=None):
+    """COCO keypoint results; instance score = mean confidence of joints above IN_VIS_THRE, times the box
+    score with detection boxes (SimpleBaseline's rescoring)."""
     results = []
-    for img, xy, c in zip(image_ids, coords, conf):
+    box_scores = np.ones(len(image_ids)) if box_scores is None else box_scores
+    for img, xy, c, bs in zip(image_ids, coords, conf, box_scores):
         good = c > IN_VIS_THRE
-        score = float(c[good].mean()) if good.any() else float(c.mean())
+        score = (float(c[good].mean()) if good.any() else float(c.mean())) * float(bs)
         kps = np.concatenate([xy, c[:, None]], 1).reshape(-1)
         results.append(dict(image_id=int(img), category_id=1, keypoints=[round(float(v), 3) for v in kps],
                             score=round(score, 5)))
     return results
+
+
+def oks_nms(results, areas, threshold=0.9):
+    """Per image, keep instances in score order, dropping any whose OKS with a kept one (on the kept
+    one's area) exceeds threshold. Returns the kept results."""
+    from .data.skeleton import OKS_SIGMAS
+    k2 = (2 * np.asarray(OKS_SIGMAS)) ** 2
+    kept = []
+    by_image = {}
+    for r, a in zip(results, areas):
+        by_image.setdefault(r["image_id"], []).append((r, a))
+    for img in sorted(by_image):
+        cands = sorted(by_image[img], key=lambda ra: -ra[0]["score"])
+        mine = []
+        for r, a in cands:
+            xy = np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2]
+            if all(np.mean(np.exp(-((xy - kx) ** 2).sum(1) / (2 * ka * k2 + 1e-9))) <= threshold for kx, ka in mine):
+                mine.append((xy, a))
+                kept.append(r)
+    return kept
 
 
 def coco_ap(gt_coco, results, image_ids):
@@ -75,7 +97,7 @@ def coco_ap(gt_coco, results, image_ids):
     if not results:
         return {k: 0.0 for k in COCO_STATS}
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt_coco.loadRes(results)
+        dt = gt_coco.loadRes([dict(r) for r in results])  # loadRes adds keys to what it is given
         ev = COCOeval(gt_coco, dt, "keypoints")
         ev.params.imgIds = sorted(set(int(i) for i in image_ids))
         ev.evaluate()
@@ -93,11 +115,19 @@ def pck(coords, keypoints, bbox, alpha=0.1):
 
 
 def evaluate(net, pool, gt_coco, input_hw, stride, gt_keypoints, gt_bbox, flip_test=False, decoder="argmax",
-             sigma=2.0):
-    """(metrics dict, COCO results list) for a network on a validation pool."""
+             sigma=2.0, detections=False, nms=0.9):
+    """(metrics dict, COCO results list) for a network on a validation pool (of GT or detected boxes;
+    with detections: rescoring by box score, OKS-NMS, and no PCK, which needs a box-to-person match)."""
     coords, conf = predict(net, pool, input_hw, stride, flip_test=flip_test, decoder=decoder, sigma=sigma)
-    image_ids = pool.store.meta["image_id"][pool.rows]
-    results = to_coco_results(image_ids, coords, conf)
+    meta = pool.store.meta
+    image_ids = meta["image_id"][pool.rows]
+    if detections:
+        results = oks_nms(to_coco_results(image_ids, coords, conf, meta["score"][pool.rows]),
+                          meta["area"][pool.rows], nms)
+        image_ids = [im["id"] for im in gt_coco.dataset["images"]]
+    else:
+        results = to_coco_results(image_ids, coords, conf)
     metrics = coco_ap(gt_coco, results, image_ids)
-    metrics["PCK@0.1"] = pck(coords, gt_keypoints, gt_bbox)
+    if not detections:
+        metrics["PCK@0.1"] = pck(coords, gt_keypoints, gt_bbox)
     return metrics, results

@@ -13,7 +13,7 @@ from .augment import transform_points
 from .config import Config, ConfigError
 from .data import synthetic
 from .data.batches import Batches
-from .data.coco import DataError, annotation_path, load_coco
+from .data.coco import DataError, annotation_path, image_dir, load_coco
 from .data.skeleton import NUM_JOINTS
 from .data.store import Pool, build as build_store
 from .evaluate import evaluate
@@ -50,8 +50,18 @@ def ensure_data(cfg: Config, progress=False):
     elif not os.path.isdir(d.root):
         raise DataError(f"data folder not found: {d.root}")
     hw = tuple(d.input_size)
-    stores = (build_store(d.root, d.train_split, hw, d.store_margin, progress),
-              build_store(d.root, d.val_split, hw, d.store_margin, progress))
+    val = build_store(d.root, d.val_split, hw, d.store_margin, progress)
+    if cfg.eval.boxes:  # evaluate on detected boxes: a keypoint-less split of the val images
+        from .data.prepare_coco import detection_split
+        name = f"{d.val_split}_dets_{os.path.splitext(os.path.basename(cfg.eval.boxes))[0]}_s{cfg.eval.box_score:g}"
+        if not os.path.exists(annotation_path(d.root, name)):
+            detection_split(d.root, annotation_path(d.root, d.val_split), cfg.eval.boxes, name, cfg.eval.box_score)
+        os.makedirs(os.path.join(d.root, "images"), exist_ok=True)
+        link = os.path.join(d.root, "images", name)  # the detection split reads the val split's images
+        if not os.path.exists(link):
+            os.symlink(os.path.abspath(image_dir(d.root, d.val_split)), link)
+        val = build_store(d.root, name, hw, d.store_margin, progress, require_keypoints=False)
+    stores = (build_store(d.root, d.train_split, hw, d.store_margin, progress), val)
     if d.unlabeled_split:
         stores += (build_store(d.root, d.unlabeled_split, hw, d.store_margin, progress, require_keypoints=False),)
     return stores
@@ -211,7 +221,7 @@ class Trainer:
             e = self.cfg.eval
             metrics, results = evaluate(net, self.val_pool, self.val_gt, tuple(self.cfg.data.input_size),
                                         self.cfg.data.heatmap_stride, self.val_keypoints, self.val_bbox,
-                                        e.flip_test, e.decode, self.cfg.data.sigma)
+                                        e.flip_test, e.decode, self.cfg.data.sigma, bool(e.boxes), e.oks_nms)
             rows += [dict(step=self.step, split="val", name=k + suffix, value=v) for k, v in metrics.items()]
             runs.atomic_write_json(self.run.file("predictions", f"step{self.step:07d}{suffix.replace('/', '_')}.json"), results)
         self.metrics += rows

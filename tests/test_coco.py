@@ -133,3 +133,33 @@ def test_prepare_coco_command(coco_root, tmp_path):
         assert (root / "stores" / f"{split}_32x24_m1.25" / "info.json").exists()
     assert main(["prepare", "coco", "--root", str(tmp_path / "nope")]) == 2
     assert main(["prepare", "coco", "--root", str(root), "--sizes", "big"]) == 2
+
+
+def test_oks_nms_keeps_one_of_two_duplicates():
+    from collapse.evaluate import oks_nms
+    kp = np.stack([np.linspace(10, 50, 17), np.linspace(10, 90, 17), np.ones(17)], 1)
+    r = lambda img, dx, score: dict(image_id=img, keypoints=(kp + [dx, 0, 0]).reshape(-1).tolist(), score=score)
+    results = [r(1, 0, 0.9), r(1, 0.5, 0.8), r(1, 60, 0.7), r(2, 0, 0.6)]
+    kept = oks_nms(results, [2000.0] * 4, 0.9)
+    assert [(k["image_id"], k["score"]) for k in kept] == [(1, 0.9), (1, 0.7), (2, 0.6)]
+
+
+def test_evaluation_on_detection_boxes(coco_root, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(coco_root, root, ignore=shutil.ignore_patterns("stores"))
+    val = json.load(open(root / "annotations" / "person_keypoints_val2017.json"))
+    dets = [dict(image_id=a["image_id"], category_id=1, bbox=a["bbox"], score=0.9) for a in val["annotations"]]
+    dets += [dict(d, bbox=[d["bbox"][0] + 1, d["bbox"][1], d["bbox"][2], d["bbox"][3]], score=0.5) for d in dets]
+    dets += [dict(d, score=0.05) for d in dets[:5]]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    out = tmp_path / "run"
+    assert main(["train", "configs/demo.yaml", f"data.root={root}", "data.source=coco", "data.train_split=train2017",
+                 "data.val_split=val2017", "data.labeled=40", "model.width=8", "train.steps=2", "train.eval_every=2",
+                 "train.probe_every=0", "train.threads=1", f"eval.boxes={tmp_path / 'dets.json'}", "eval.box_score=0.1",
+                 "--out", str(out), "--quiet"]) == 0
+    m = json.load(open(out / "manifest.json"))
+    assert "AP" in m["final"] and "PCK@0.1" not in m["final"]
+    preds = json.load(open(out / "predictions" / "step0000002.json"))
+    # two boxes per person went in (the 0.05 ones were dropped), OKS-NMS may merge some of them
+    assert len(val["images"]) <= len(preds) <= 2 * len(val["annotations"]) and set(preds[0]) == {
+        "image_id", "category_id", "keypoints", "score"}

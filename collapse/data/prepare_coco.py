@@ -49,22 +49,22 @@ def write_splits(root, train_split="train2017", seed=0, sizes=SPLIT_SIZES):
     return counts
 
 
-def unlabeled_from_detections(root, detections, min_score=0.5, split="unlabeled2017"):
-    """Write annotations/person_keypoints_{split}.json: the images of image_info_{split}.json with the
-    person detections (category 1) scoring >= min_score as instances without keypoints. Returns the count."""
-    info_path = os.path.join(root, "annotations", f"image_info_{split}.json")
-    for p in (info_path, detections):
+def detection_split(root, images_file, detections, out_split, min_score=0.5):
+    """Write annotations/person_keypoints_{out_split}.json: the images listed in `images_file` with the
+    person detections (category 1) scoring >= min_score as instances without keypoints (their `score`
+    kept). Used for the unlabeled pool (unlabeled2017) and for evaluating on detected boxes. Returns the count."""
+    for p in (images_file, detections):
         if not os.path.isfile(p):
             raise DataError(f"file not found: {p}")
     try:
-        with open(info_path) as f:
+        with open(images_file) as f:
             info = json.load(f)
         with open(detections) as f:
             dets = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"not valid JSON: {e}")
     if not isinstance(info, dict) or "images" not in info:
-        raise DataError(f"{info_path} lacks the COCO key 'images'")
+        raise DataError(f"{images_file} lacks the COCO key 'images'")
     if not isinstance(dets, list) or not all(isinstance(d, dict) and {"image_id", "bbox", "score"} <= set(d) for d in dets):
         raise DataError(f"{detections} must be a list of detections with image_id, bbox and score")
     images = {im["id"] for im in info["images"]}
@@ -76,11 +76,17 @@ def unlabeled_from_detections(root, detections, min_score=0.5, split="unlabeled2
         anns.append(dict(id=len(anns) + 1, image_id=d["image_id"], category_id=1, bbox=[x, y, w, h], area=w * h,
                          iscrowd=0, num_keypoints=0, keypoints=[0] * 3 * len(JOINTS), score=d["score"]))
     if not anns:
-        raise DataError(f"{detections}: no person detections with score >= {min_score} on {split} images")
-    atomic_write_json(annotation_path(root, split), dict(
+        raise DataError(f"{detections}: no person detections with score >= {min_score} on these images")
+    atomic_write_json(annotation_path(root, out_split), dict(
         images=info["images"], annotations=anns,
         categories=[dict(id=1, name="person", supercategory="person", keypoints=list(JOINTS))]))
     return len(anns)
+
+
+def unlabeled_from_detections(root, detections, min_score=0.5, split="unlabeled2017"):
+    """The unlabeled pool from detections on the images of image_info_{split}.json."""
+    return detection_split(root, os.path.join(root, "annotations", f"image_info_{split}.json"), detections,
+                           split, min_score)
 
 
 def prepare(root, unlabeled_boxes=None, min_score=0.5, sizes=((256, 192), (384, 288)), margin=1.25,
