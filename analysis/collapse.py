@@ -22,8 +22,11 @@ IGNORED = ("train.device", "train.threads", "train.progress", "train.stop_on_col
 def setting_key(runs):
     """Per run, a key for 'the same setting apart from the method' (to find its supervised reference)."""
     cols = sorted(c for c in runs.columns if "." in c and c.split(".")[0] in
-                  ("data", "augment", "model", "train") and c not in IGNORED)
-    return runs[cols].astype(str).agg("|".join, axis=1) if cols else pd.Series("", index=runs.index)
+                  ("data", "augment", "model", "train", "eval") and c not in IGNORED
+                  and runs[c].notna().all())  # keys every run has (runs of older versions may lack new keys)
+    if not cols:
+        return pd.Series("", index=runs.index)
+    return runs[cols].astype(str).agg("|".join, axis=1)
 
 
 def unlabeled_response(probes, net=0):

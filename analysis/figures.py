@@ -30,7 +30,9 @@ def save(fig, path_stem):
 def _palette(labels):
     import seaborn as sns
     labels = list(labels)
-    return dict(zip(labels, sns.color_palette("tab10", max(len(labels), 1))))
+    n = max(len(labels), 1)
+    # tab10 while it lasts; beyond 10 lines, distinct hues (tab10 would repeat colours)
+    return dict(zip(labels, sns.color_palette("tab10" if n <= 10 else "husl", n)))
 
 
 def _style(label):
@@ -145,7 +147,7 @@ def final_ap_figure(runs, metrics, stem):
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel("final OKS AP")
-    ax.set_title("mean over seeds (dots), std as error bars")
+    ax.set_title("bars: mean over seeds, dots: the seeds, error bars: std")
     if len(sizes) > 1:
         ax.legend()
     ax.grid(axis="y", alpha=0.3)
