@@ -207,6 +207,9 @@ def parser():
 
 
 def main(argv=None):
+    if os.environ.get("COLLAPSE_DIE_WITH_PARENT") == "1":  # a grid's training subprocess
+        from .grid import die_with_parent
+        die_with_parent()
     args = parser().parse_args(argv)
     try:
         args.func(args)

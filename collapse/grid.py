@@ -129,6 +129,18 @@ def _last_line(log_path):
     return (errors or lines or ["no output"])[-1][:500]
 
 
+def die_with_parent():
+    """Linux: the training subprocess is killed with its grid process, so a claim that turns stale (its
+    grid process gone) never hides a trainer still writing the run folder. Called by the subprocess
+    itself (COLLAPSE_DIE_WITH_PARENT=1): a preexec_fn is not safe with the executor's threads."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def execute(spec, folder, log_path, device_overrides, env=None):
     """Run one grid run as a `collapse train` subprocess; returns (status, reason). A run that fails
     gets status failed and the reason (its error line) in its manifest."""
@@ -136,6 +148,7 @@ def execute(spec, folder, log_path, device_overrides, env=None):
     args = [sys.executable, "-m", "collapse", "train", spec, *device_overrides, "train.progress=false",
             "--out", folder, "--quiet"]
     with open(log_path, "a") as log:
+        env = {**(env or os.environ), "COLLAPSE_DIE_WITH_PARENT": "1"}
         rc = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
     m = RunDir(folder).manifest()
     if rc == 0 and m.get("status") in FINISHED:
@@ -233,7 +246,7 @@ def visible_gpus():
     return ids[:n]
 
 
-def run_local(runs, results, jobs=None, threads=None, echo=print):
+def run_local(runs, results, jobs=None, threads=None):
     """Run the pending runs in subprocesses: one per visible GPU, or `jobs` at once on CPU (default 1)
     with `threads` CPU threads each (default: the cores divided among the jobs)."""
     from .train import ensure_data
@@ -281,7 +294,7 @@ def _check_answers(address, timeout=5.0):
         raise GridError(f"the Ray address {address} does not answer (expected host:port of a running head node)")
 
 
-def run_ray(runs, results, address=None, cpus=1, gpus=0, echo=print):
+def run_ray(runs, results, address=None, cpus=1, gpus=0):
     """Submit each pending run as a Ray task needing `cpus` CPUs and `gpus` GPUs, to the cluster at
     `address` or a local Ray instance. RESULTS must be on storage every node sees."""
     try:
@@ -354,8 +367,8 @@ def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_f
         if address and address != "auto":
             _check_answers(address)
     os.makedirs(results, exist_ok=True)
-    stream = (run_ray(todo, results, address, cpus, gpus, echo) if executor == "ray"
-              else run_local(todo, results, jobs, threads, echo))
+    stream = (run_ray(todo, results, address, cpus, gpus) if executor == "ray"
+              else run_local(todo, results, jobs, threads))
     for k, (run, status, reason, seconds) in enumerate(stream, 1):
         states[run.name] = status
         detail = _final(run) if status in FINISHED else f"({reason})"
