@@ -106,6 +106,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads (0 = torch's default)
     compile: bool = False
+    precision: str = "auto"          # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     progress: bool = True
     stop_on_collapse: bool = False   # end a run once its collapse index stays below collapse_ratio (status collapsed)
     collapse_ratio: float = 0.5      # collapse index = unlabeled mean max response / the run's own peak so far
@@ -238,6 +239,8 @@ def validate(cfg: Config):
         raise ConfigError("config keys 'method.mix_max' and 'method.select_ratio' must be in (0, 1)")
     if m.teacher_steps < 0 or m.teacher_steps >= t.steps:
         raise ConfigError(f"config key 'method.teacher_steps' must be in [0, train.steps), got {m.teacher_steps}")
+    if t.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"config key 'train.precision' must be auto, fp32 or bf16, got '{t.precision}'")
     if cfg.eval.decode not in ("argmax", "dark"):
         raise ConfigError(f"config key 'eval.decode' must be argmax or dark, got '{cfg.eval.decode}'")
     if not 0 <= m.ema < 1:

@@ -107,7 +107,7 @@ class HRNet(nn.Module):
             transition = getattr(self, f"transition{s - 1}")
             xs = [t(xs[i] if i < len(xs) else xs[-1]) if t is not None else xs[i] for i, t in enumerate(transition)]
             xs = getattr(self, f"stage{s}")(xs)
-        return self.final_layer(xs[0])
+        return self.final_layer(xs[0]).contiguous()  # NCHW heatmaps, like the targets
 
 
 def load_hrnet_pretrained(net, source):

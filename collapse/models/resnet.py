@@ -105,7 +105,7 @@ class SimpleBaseline(nn.Module):
 
     def forward(self, x):
         x = x.contiguous(memory_format=torch.channels_last)  # the nets are kept channels_last (faster convs)
-        return self.head(self.deconv(self.backbone(x)))
+        return self.head(self.deconv(self.backbone(x))).contiguous()  # NCHW heatmaps, like the targets
 
 
 def _read_state(source):
