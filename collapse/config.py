@@ -171,18 +171,24 @@ def _merge(base, over):
     return out
 
 
-def _read_yaml(path, seen=()):
+def read_mapping(path, kind="config", holds="config keys", error=ConfigError):
+    """A YAML file that must hold a mapping; every problem is one `error` naming the file."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    if os.path.abspath(path) in seen:
-        raise ConfigError(f"config files extend each other in a loop: {path}")
+        raise error(f"{kind} file not found: {path}")
     try:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}")
+        raise error(f"{path} is not valid YAML: {str(e).splitlines()[0]}")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
+        raise error(f"{path} must hold a mapping of {holds}")
+    return raw
+
+
+def _read_yaml(path, seen=()):
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"config files extend each other in a loop: {path}")
+    raw = read_mapping(path, "config", "config keys")
     parent = raw.pop("extends", None)
     if parent:
         parent_path = os.path.join(os.path.dirname(path), parent)

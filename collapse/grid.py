@@ -64,15 +64,7 @@ def expand(path, results, scale=None, overrides=()):
     """The grid's runs, in file order (variants outer, axes inner), without duplicates. A variant's own
     value of an axis key wins over the axis (so a supervised row need not repeat per unsup_weight);
     `overrides` (key=value strings) apply last, to every run."""
-    if not os.path.isfile(path):
-        raise GridError(f"grid file not found: {path}")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise GridError(f"{path} is not valid YAML: {str(e).splitlines()[0]}")
-    if not isinstance(raw, dict):
-        raise GridError(f"{path} must hold a mapping (base, axes, variants, ...)")
+    raw = config.read_mapping(path, "grid", "grid keys (base, axes, variants, ...)", GridError)
     unknown = set(raw) - {"base", "scales", "fixed", "variants", "axes", "description"}
     if unknown:
         raise GridError(f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}")
