@@ -147,9 +147,9 @@ def parser():
     tr.set_defaults(func=cmd_train)
 
     de = sub.add_parser("demo", help="the main job: the study's methods on the embedded synthetic set",
-                        description="Prepare the synthetic set if absent, train supervised, consistency, "
-                        "mean_teacher, threshold, reweight, easy_hard and dual on it, print the table and "
-                        "write the collapse-curve figure.")
+                        description="Prepare the synthetic set if absent, run the demo grid (supervised, "
+                        "consistency, mean_teacher, threshold, reweight, easy_hard, dual on configs/demo.yaml) "
+                        "through the grid machinery (resumable), print the table and write the collapse-curve figure.")
     de.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--grid", default=None, help="the demo grid (default configs/grids/demo.yaml)")
