@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m collapse demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 clean:
 	rm -rf $(VENV) results/* data/

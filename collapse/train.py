@@ -66,6 +66,16 @@ def ensure_data(cfg: Config, progress=False):
     elif not os.path.isdir(d.root):
         raise DataError(f"data folder not found: {d.root}")
     hw = tuple(d.input_size)
+    splits = [(d.train_split, True), (d.val_split, True)] + ([(d.unlabeled_split, False)] if d.unlabeled_split else [])
+    # every annotation file is checked before any store is built: a bad one leaves nothing behind
+    from .data.coco import person_instances
+    from .data.store import store_path
+    for split, labeled in splits:
+        if not os.path.exists(os.path.join(store_path(d.root, split, hw, d.store_margin), "info.json")):
+            path = annotation_path(d.root, split)
+            person_instances(load_coco(path), path, labeled)
+            image_dir(d.root, split)
+    train = build_store(d.root, d.train_split, hw, d.store_margin, progress)
     val = build_store(d.root, d.val_split, hw, d.store_margin, progress)
     if cfg.eval.boxes:  # evaluate on detected boxes: a keypoint-less split of the val images
         from .data.prepare_coco import detection_split
@@ -77,7 +87,7 @@ def ensure_data(cfg: Config, progress=False):
         if not os.path.exists(link):
             os.symlink(os.path.abspath(image_dir(d.root, d.val_split)), link)
         val = build_store(d.root, name, hw, d.store_margin, progress, require_keypoints=False)
-    stores = (build_store(d.root, d.train_split, hw, d.store_margin, progress), val)
+    stores = (train, val)
     if d.unlabeled_split:
         stores += (build_store(d.root, d.unlabeled_split, hw, d.store_margin, progress, require_keypoints=False),)
     return stores

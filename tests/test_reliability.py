@@ -50,7 +50,8 @@ def test_sigkill_at_random_steps_then_resume_gives_identical_results(synth_root,
     ref_val, ref_train, ref_probes = _results(ref)
     rng = random.Random(os.getpid())
     kills = set()
-    for k, target in enumerate(sorted(rng.sample(range(3, 31), 3))):
+    # one random kill point in each third of the run, so the three land at different checkpoints
+    for k, target in enumerate([rng.randint(3, 6), rng.randint(12, 15), rng.randint(21, 24)]):
         out = str(tmp_path / f"killed{k}")
         proc = subprocess.Popen(_train_cmd(synth_root, out), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -141,7 +142,8 @@ def test_two_grid_processes_on_one_folder_run_each_run_once(synth_root, tmp_path
         log = open(os.path.join(out, "logs", r.name + ".log")).read()
         assert log.count(" done: ") == 1, (r.name, log)  # trained exactly once, by one of the two
         assert not os.path.exists(r.folder + ".claim")
-    assert sum(o.count(" done ") for o in outputs) == len(runs)
+    # each run is reported done by at least one of the two (both may list one the other just finished)
+    assert all(any(r.name in o and " done " in o.split(r.name, 1)[1].splitlines()[0] for o in outputs) for r in runs)
 
 
 # -- bad input: one line on stderr, exit code 2, nothing written ---------------------------------
