@@ -156,24 +156,26 @@ def final_ap_figure(runs, metrics, stem):
 
 
 def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.unsup_weight"):
-    """Per method: final AP over the x-y plane (heatmap sigma x unsupervised weight), collapsed cells
-    crossed out: does collapse vanish as the foreground share grows?"""
+    """Per method: final AP over the x-y plane (heatmap sigma x unsupervised weight), with the final
+    unlabeled response relative to supervised ('resp.'); collapsed cells crossed out: does collapse
+    vanish as the foreground share grows?"""
     from .collapse import collapse_table
     plt = setup()
     t = collapse_table(runs, probes, metrics).merge(runs[["run", "method", x, y]], on="run")
     t = t[t.method != "supervised"]
     labels = sorted(t.label.unique(), key=_order)
     xs, ys = sorted(t[x].unique()), sorted(t[y].unique())
-    fig, axes = plt.subplots(1, len(labels), figsize=(0.9 * len(xs) * len(labels) + 1.5, 0.8 * len(ys) + 1.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(labels), figsize=(0.9 * len(xs) * len(labels) + 1.8, 0.8 * len(ys) + 1.6),
+                             squeeze=False, layout="constrained")  # room for the labels and the colour bar
     vmax = max(t.AP.max(), 1e-6)
     for ax, label in zip(axes[0], labels):
-        d = t[t.label == label].groupby([y, x]).agg(AP=("AP", "mean"), collapsed=("collapsed", "mean"))
+        d = t[t.label == label].groupby([y, x]).agg(AP=("AP", "mean"), collapsed=("collapsed", "mean"),
+                                                    response=("vs_supervised", "mean"))
         grid = np.full((len(ys), len(xs)), np.nan)
         for (yv, xv), row in d.iterrows():
             i, j = ys.index(yv), xs.index(xv)
             grid[i, j] = row.AP
-            text = f"{row.AP:.3f}" + ("\ncollapsed" if row.collapsed >= 0.5 else "")
+            text = f"AP {row.AP:.3f}\nresp. {row.response:.2f}" + ("\ncollapsed" if row.collapsed >= 0.5 else "")
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="k" if row.AP > 0.5 * vmax else "w")
             if row.collapsed >= 0.5:
                 ax.plot([j - 0.45, j + 0.45], [i - 0.45, i + 0.45], color="r", lw=1)
