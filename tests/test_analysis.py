@@ -11,7 +11,7 @@ from collapse.cli import main
 from collapse.probes import collapse_index, collapse_step
 
 SMALL = ["model.width=8", "data.labeled=30", "train.steps=300", "train.probe_every=25", "train.eval_every=150",
-         "train.probe_size=32", "train.lr_steps=[]", "train.threads=2", "train.progress=false", "train.device=cpu"]
+         "train.probe_size=32", "train.lr_steps=[]", "train.threads=1", "train.progress=false", "train.device=cpu"]
 # naive consistency at a strong weight (ramped up, so it first rises and then falls) collapses within
 # 300 steps on the small set; supervised and dual at the paper's weights do not
 RUNS = {"supervised": ["method.name=supervised"],
