@@ -13,7 +13,7 @@ class Batches:
         self.stride = cfg.data.heatmap_stride
         self.heatmap_hw = (self.input_hw[0] // self.stride, self.input_hw[1] // self.stride)
         self.views = ViewMaker(cfg.augment, self.input_hw, generator)
-        self.unlabeled_subset = None  # pool rows to sample unlabeled crops from (None: all); set by staged methods
+        self.unlabeled_subset = None  # CPU tensor of pool rows to sample unlabeled crops from (None: all); set by staged methods
 
     def _indices(self, pool, n):
         return torch.randint(len(pool), (n,), generator=self.gen)
@@ -45,7 +45,7 @@ class Batches:
         if self.unlabeled_subset is None:
             idx = self._indices(self.unlabeled_pool, n)
         else:
-            idx = self.unlabeled_subset.cpu()[torch.randint(len(self.unlabeled_subset), (n,), generator=self.gen)]
+            idx = self.unlabeled_subset[torch.randint(len(self.unlabeled_subset), (n,), generator=self.gen)]
         crops, kps = self.unlabeled_pool.fetch(idx)
         E, flip = self.views.easy(n, self.device)
         return dict(crops=crops.permute(0, 3, 1, 2).float(), base=self.base(n, self.unlabeled_pool),
