@@ -12,6 +12,7 @@ A run's collapse step is the earlier of the two (None if neither fires).
 import numpy as np
 import pandas as pd
 
+from collapse.runs import final_value
 from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, collapse_index, collapse_step
 
 REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
@@ -26,7 +27,10 @@ def setting_key(runs):
                   and runs[c].notna().all())  # keys every run has (runs of older versions may lack new keys)
     if not cols:
         return pd.Series("", index=runs.index)
-    return runs[cols].astype(str).agg("|".join, axis=1)
+    key = runs[cols].astype(str)
+    if "train.init_from" in key:  # a two-net run names a source per net: net 0's is the one it shares
+        key["train.init_from"] = key["train.init_from"].str.split(",").str[0]
+    return key.agg("|".join, axis=1)
 
 
 def unlabeled_response(probes, net=0):
@@ -49,10 +53,12 @@ def collapse_curves(runs, probes, net=0):
 
 
 def final_ap(runs, metrics, which="AP"):
-    """run -> the final validation `which` (net 0 for two-net methods, as the paper's model selection)."""
-    m = metrics[(metrics.split == "val") & metrics.name.isin([which, f"{which}/net0"])]
-    last = m.sort_values("step").groupby("run").tail(1).set_index("run").value
-    return runs.run.map(last)
+    """run -> the validation `which` at the run's last evaluation, by collapse.runs.final_value (net 0 for
+    two-net methods, the paper's model selection; which="AP/ens" for their ensemble)."""
+    val = metrics[metrics.split == "val"]
+    last = val[val.step == val.groupby("run").step.transform("max")]
+    finals = {run: final_value(dict(zip(g.name, g.value)), which) for run, g in last.groupby("run")}
+    return runs.run.map(finals).astype(float)
 
 
 def collapse_table(runs, probes, metrics=None, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE):

@@ -5,6 +5,7 @@ import os
 import pandas as pd
 import yaml
 
+from collapse.grid import WARM_START
 from collapse.probes import PROBE_COLUMNS
 
 
@@ -27,20 +28,21 @@ class NotResults(ValueError):
     """The folder holds no run folders (no manifest.json below it)."""
 
 
-def run_folders(results_dir):
-    """Every run folder (one holding manifest.json) at or below results_dir, sorted."""
+def run_folders(results_dir, stages=False):
+    """Every run folder (one holding manifest.json) at or below results_dir, sorted; a grid's supervised
+    stages (its warm_start/ folder: runs other runs start from) only with stages=True."""
     if not os.path.isdir(results_dir):
         raise NotResults(f"results folder not found: {results_dir}")
     found = []
     for dirpath, dirnames, filenames in os.walk(results_dir):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if stages or d != WARM_START)
         if "manifest.json" in filenames:
             found.append(dirpath)
             dirnames[:] = []
     return sorted(found)
 
 
-def load(results_dir):
+def load(results_dir, stages=False):
     """(runs, metrics, probes) for every run folder under results_dir.
 
     runs:    one row per run: run (path relative to results_dir), path, status, run_id, method,
@@ -50,7 +52,7 @@ def load(results_dir):
     probes:  step, split, net, joint, name, param, value, run   (from probes.parquet)
     """
     runs, metrics, probes = [], [], []
-    for path in run_folders(results_dir):
+    for path in run_folders(results_dir, stages):
         try:
             with open(os.path.join(path, "manifest.json")) as f:
                 m = json.load(f)
@@ -78,7 +80,8 @@ def load(results_dir):
 def method_label(row):
     """A readable name for a run's method variant: 'mean_teacher (ema 0.99)', 'dual + JC5 + RA'."""
     name = row.get("method.name", row.get("method")) or "?"
-    bits = {"mean_teacher": f" (ema {row.get('method.ema')})", "threshold": f" (tau {row.get('method.tau')})",
+    copied = ", student's BN" if row.get("method.ema_buffers") == "copy" else ""
+    bits = {"mean_teacher": f" (ema {row.get('method.ema')}{copied})", "threshold": f" (tau {row.get('method.tau')})",
             "easy_hard": "" if row.get("method.pair") in (None, "easy_hard") else f" ({row.get('method.pair')})"}
     bits.update({
         "pseudo_label": " (DataDistill)" if row.get("method.ensemble") == "transforms" else " (PseudoPose)",

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from collapse.config import MethodConfig
+from collapse.data.batches import View
 from collapse.methods import build_method
 
 MAJOR_CENTRE, MINOR_CENTRE = (-1.0, 0.0), (1.0, 0.0)
@@ -87,10 +88,14 @@ class ToyViews:
         x = unl["points"] + (self.noise(len(unl["points"]), self.s.easy_noise) if kind == "fresh" else unl["easy"])
         if kind == "hard":
             x = x + (self.extra(len(x)) if extra is None else extra)
-        return x, None, None
+        return View(x, None, None)
 
     def transport(self, heat, *frames):
-        return heat
+        return heat, torch.ones_like(heat[:, :1])  # the teacher saw the whole (2-D) input
+
+    @staticmethod
+    def reorder(t, *views):
+        return t
 
 
 class ToyNet(nn.Module):

@@ -66,14 +66,16 @@ def cmd_train(args):
 
 def cmd_demo(args):
     from . import demo
+    from analysis.demo import demo_figure, demo_table
     args.grid = args.grid or demo.GRID
     print(f"collapse demo: the study's methods on the synthetic set, seed {args.seed}, {args.jobs} at a time")
-    folders = demo.run_all(args.grid, args.out, args.seed, args.overrides, args.jobs)
-    table = demo.summarise(folders)
-    demo.figure(folders, os.path.join(args.out, "collapse_curves"))
+    names = demo.run_all(args.grid, args.out, args.seed, args.overrides, args.jobs)
+    table = demo_table(args.out, names.values())
+    demo_figure(args.out, names.values(), os.path.join(args.out, "collapse_curves"))
     from .runs import atomic_write_text
-    atomic_write_text(os.path.join(args.out, "table.md"), table.to_markdown(floatfmt=".3f"))
-    print(table.to_markdown(floatfmt=".3f"))
+    text = table.to_markdown(floatfmt=".3f")
+    atomic_write_text(os.path.join(args.out, "table.md"), text + "\n")
+    print(text)
     print(f"figure: {os.path.join(args.out, 'collapse_curves.png')} (and .pdf)")
 
 

@@ -63,6 +63,7 @@ class MethodConfig:
     unsup_weight: float = 1.0
     rampup: int = 0                  # steps of sigmoid ramp-up of unsup_weight (0 = constant)
     ema: float = 0.99                # mean_teacher: teacher <- ema * teacher + (1 - ema) * student
+    ema_buffers: str = "average"     # mean_teacher: BatchNorm statistics averaged like the weights | copy (the student's)
     tau: float = 0.6                 # threshold: joints whose teacher peak is below tau are masked
     fg_threshold: float = 0.1        # reweight: target pixels above this are foreground ...
     fg_weight: float = 10.0          # ... and weigh this much more than background
@@ -103,6 +104,8 @@ class TrainConfig:
     probe_every: int = 100           # response probes (0 = off)
     probe_size: int = 128            # crops per probe set (unlabeled, val)
     seed: int = 0
+    init_from: str = ""              # start from trained nets: a finished run folder or a checkpoint file, one for
+                                     # every net or one per net separated by commas ('' = random init); fresh optimizer
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads (0 = torch's default)
     compile: bool = False
@@ -164,10 +167,10 @@ def _build(cls, values, prefix=""):
     return cls(**kwargs)
 
 
-def _merge(base, over):
+def merge(base, over):
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -192,7 +195,7 @@ def _read_yaml(path, seen=()):
     parent = raw.pop("extends", None)
     if parent:
         parent_path = os.path.join(os.path.dirname(path), parent)
-        raw = _merge(_read_yaml(parent_path, seen + (os.path.abspath(path),)), raw)
+        raw = merge(_read_yaml(parent_path, seen + (os.path.abspath(path),)), raw)
     return raw
 
 
@@ -237,6 +240,7 @@ def validate(cfg: Config):
     if m.pair not in ("easy_hard", "easy_easy", "hard_hard", "hard_easy"):
         raise ConfigError(f"config key 'method.pair' must be easy_hard, easy_easy, hard_hard or hard_easy, got '{m.pair}'")
     for key, value, allowed in (("ensemble", m.ensemble, ("none", "transforms")),
+                                ("ema_buffers", m.ema_buffers, ("average", "copy")),
                                 ("mix_pairing", m.mix_pairing, ("random", "nearest")),
                                 ("mix_direction", m.mix_direction, ("clean_teaches_mixed", "mixed_teaches_clean"))):
         if value not in allowed:
@@ -280,6 +284,6 @@ def load(path=None, overrides=(), values=None) -> Config:
     """The config of YAML file `path`, then `values` (a dict of dotted keys), then `key=value` overrides."""
     raw = _read_yaml(path) if path else {}
     if values:
-        raw = _merge(raw, dotted_tree(values))
-    raw = _merge(raw, parse_overrides(overrides))
+        raw = merge(raw, dotted_tree(values))
+    raw = merge(raw, parse_overrides(overrides))
     return from_dict(raw)

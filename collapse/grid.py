@@ -13,6 +13,13 @@ A grid file (configs/grids/*.yaml):
       - {method.name: threshold, method.tau: 0.2}
     axes:                         # cartesian product
       train.seed: [0, 1, 2]
+    warm_start:                   # optional: every run continues from a supervised stage (train.init_from)
+      train.steps: 1200           # the stage's overrides on top of the run's own data/model/train settings
+
+A warm-started grid first runs its supervised stages, one per setting and seed, shared by every method of
+that setting (RESULTS/warm_start/supervised-<run id>, skipped when done, like any run); a two-net method's
+net 1 starts from the stage of seed + SECOND_NET_SEED (the original gives its two nets different
+initialisations). A run whose own values set train.init_from (say, "" for from scratch) keeps them.
 
 Each resolved config is a run named `<method>-<run id>` (run id = hash of the resolved config), in
 RESULTS. Done (and collapsed) runs are skipped, interrupted ones resume from their checkpoint, failed
@@ -31,9 +38,12 @@ import yaml
 
 from . import config
 from .config import ConfigError
-from .runs import RunDir, atomic_write_text, run_id
+from .methods.registry import METHODS
+from .runs import RunDir, atomic_write_text, final_value, run_id
 
 FINISHED = ("done", "collapsed")
+WARM_START = "warm_start"   # the folder of a grid's supervised stages, inside its results folder
+SECOND_NET_SEED = 1000      # net 1 of a two-net method starts from the stage of seed + this
 
 
 class GridError(ConfigError):
@@ -48,6 +58,7 @@ class GridRun:
     cfg: config.Config
     run_id: str
     folder: str
+    stage: bool = False  # a supervised stage other runs start from: run before them
 
     def status(self):
         return RunDir(self.folder).manifest().get("status", "missing")
@@ -65,7 +76,7 @@ def expand(path, results, scale=None, overrides=()):
     value of an axis key wins over the axis (so a supervised row need not repeat per unsup_weight);
     `overrides` (key=value strings) apply last, to every run."""
     raw = config.read_mapping(path, "grid", "grid keys (base, axes, variants, ...)", GridError)
-    unknown = set(raw) - {"base", "scales", "fixed", "variants", "axes", "description"}
+    unknown = set(raw) - {"base", "scales", "fixed", "variants", "axes", "description", "warm_start"}
     if unknown:
         raise GridError(f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}")
     if "base" not in raw:
@@ -84,12 +95,18 @@ def expand(path, results, scale=None, overrides=()):
     variants = raw.get("variants") or [{}]
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
         raise GridError(f"{path}: 'variants' must be a list of mappings of config keys")
-    runs, seen = [], set()
+    warm = _mapping(raw, "warm_start", path)
+    runs, stages, seen = [], {}, set()
     for variant in variants:
         for combo in itertools.product(*axes.values()):
             values = {**(scale_values or {}), **_mapping(raw, "fixed", path), **dict(zip(axes, combo)), **variant}
             try:
                 cfg = config.load(base, overrides, values=values)
+                if warm and "train.init_from" not in values:
+                    sources = [_stage(cfg, warm, overrides, k * SECOND_NET_SEED, results, stages)
+                               for k in range(METHODS[cfg.method.name].nets)]
+                    values = {**values, "train.init_from": ",".join(sources)}
+                    cfg = config.load(base, overrides, values=values)
             except ConfigError as e:
                 raise GridError(f"{path}: {e}")
             rid = run_id(cfg.to_dict())
@@ -99,7 +116,24 @@ def expand(path, results, scale=None, overrides=()):
             name = f"{cfg.method.name}-{rid}"
             runs.append(GridRun(name, values, {**dict(zip(axes, combo)), **variant}, cfg, rid,
                                 os.path.join(results, name)))
-    return runs
+    return list(stages.values()) + runs
+
+
+def _stage(cfg, warm, overrides, seed_offset, results, stages):
+    """The folder of the supervised stage a run starts from (added to `stages` once): the run's own data,
+    augmentation, model, evaluation and train settings (seed + seed_offset), the method's defaults with
+    name supervised, then the grid's warm_start values and the command line's overrides."""
+    d = cfg.to_dict()
+    d["method"] = {"name": "supervised"}
+    d = config.merge(config.merge(d, config.dotted_tree(warm)), config.parse_overrides(overrides))
+    d["train"].update(init_from="", seed=cfg.train.seed + seed_offset)
+    stage = config.from_dict(d)
+    rid = run_id(stage.to_dict())
+    name = f"supervised-{rid}"
+    if rid not in stages:
+        stages[rid] = GridRun(name, {}, {"train.seed": stage.train.seed, WARM_START: True}, stage, rid,
+                              os.path.join(results, WARM_START, name), stage=True)
+    return stages[rid].folder
 
 
 # -- executing one run -------------------------------------------------------------------------
@@ -186,6 +220,7 @@ def claim(folder):
     """Claim a run for this process: RUN.claim created with O_EXCL (atomic on POSIX file systems) holding
     host and pid. A stale claim is moved aside under a unique name first, so only one recoverer wins."""
     path = folder.rstrip("/") + ".claim"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -330,8 +365,7 @@ def run_ray(runs, results, address=None, cpus=1, gpus=0):
 
 # -- the command -------------------------------------------------------------------------------
 def _final(run):
-    f = RunDir(run.folder).manifest().get("final") or {}
-    ap = f.get("AP", f.get("AP/net0"))
+    ap = final_value(RunDir(run.folder).manifest().get("final") or {})
     return f"AP {ap:.3f}" if isinstance(ap, (int, float)) else ""
 
 
@@ -359,12 +393,15 @@ def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_f
         if address and address != "auto":
             _check_answers(address)
     os.makedirs(results, exist_ok=True)
-    stream = (run_ray(todo, results, address, cpus, gpus) if executor == "ray"
-              else run_local(todo, results, jobs, threads))
-    for k, (run, status, reason, seconds) in enumerate(stream, 1):
-        states[run.name] = status
-        detail = _final(run) if status in FINISHED else f"({reason})"
-        echo(f"  [{k}/{len(todo)}] {run.name:<24} {status:<9} {detail}  {seconds:.0f}s")
+    k = 0
+    for phase in ([r for r in todo if r.stage], [r for r in todo if not r.stage]):  # stages first
+        stream = (run_ray(phase, results, address, cpus, gpus) if executor == "ray"
+                  else run_local(phase, results, jobs, threads))
+        for k, (run, status, reason, seconds) in enumerate(stream, k + 1):
+            states[run.name] = status
+            detail = _final(run) if status in FINISHED else f"({reason})"
+            echo(f"  [{k}/{len(todo)}] {(WARM_START + '/' if run.stage else '') + run.name:<24} {status:<9} "
+                 f"{detail}  {seconds:.0f}s")
     counts = {s: sum(1 for v in states.values() if v == s) for s in sorted(set(states.values()))}
     echo("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return states

@@ -67,6 +67,12 @@ def run_id(resolved_config: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def final_value(final, name="AP"):
+    """A run's final `name` from its last evaluation ({metric: value}); for two-net runs net 0's, the
+    model-selection net (the ensemble is AP/ens). The one rule every table and summary uses."""
+    return final.get(name, final.get(f"{name}/net0"))
+
+
 def versions():
     import numpy
     import torch

@@ -18,7 +18,7 @@ from .data.skeleton import NUM_JOINTS
 from .data.store import Pool, build as build_store
 from .evaluate import evaluate
 from .probes import PROBE_COLUMNS, Prober, collapse_step, unlabeled_response
-from .methods import build_method
+from .methods import build_method, is_loss
 from .models import Average, build_model
 
 
@@ -126,6 +126,36 @@ def val_rows(cfg: Config, store):
     return np.arange(stop)
 
 
+def init_sources(text, n_nets):
+    """train.init_from -> a checkpoint file per net: none (''), one source for every net, or one per net
+    (comma-separated). A source is a finished run folder (its final checkpoint) or a checkpoint file."""
+    if not text:
+        return []
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (1, n_nets):
+        raise ConfigError(f"config key 'train.init_from' names {len(parts)} sources for {n_nets} net(s)")
+    paths = []
+    for p in parts:
+        if os.path.isdir(p):
+            status = runs.RunDir(p).manifest().get("status")
+            if status not in ("done", "collapsed"):
+                raise ConfigError(f"train.init_from: {p} is not a finished run (status {status or 'missing'})")
+            p = os.path.join(p, "checkpoint.pt")
+        if not os.path.isfile(p):
+            raise ConfigError(f"train.init_from: no run folder or checkpoint file at {p}")
+        paths.append(p)
+    return paths * n_nets if len(paths) == 1 else paths
+
+
+def load_net(net, path, device):
+    """Net 0 of a run checkpoint (or a bare state dict) into `net`: weights and BatchNorm statistics."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        net.load_state_dict(state["nets"][0] if isinstance(state, dict) and "nets" in state else state)
+    except (RuntimeError, KeyError, IndexError, TypeError, EOFError) as e:
+        raise ConfigError(f"train.init_from: {path} does not hold this network ({str(e).splitlines()[0][:200]})")
+
+
 @dataclass
 class Context:
     """What a method sees: networks, their teachers, the batch maker, the step (and, for staged
@@ -171,6 +201,8 @@ class Trainer:
             [transform_points(torch.linalg.inv(crop), torch.as_tensor(vk[..., :2]).double()).numpy(), vk[..., 2:]], -1)
         self.val_bbox = val_store.meta["bbox"][self.val_pool.rows]
 
+        for net, path in zip(self.nets, init_sources(t.init_from, len(self.nets))):
+            load_net(net, path, self.device)
         params = [p for n in self.nets for p in n.parameters()]
         self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
@@ -230,7 +262,7 @@ class Trainer:
         self.ctx.step = self.step
         with autocast:
             terms = m.losses(self.ctx, lab, unl, self.forward)
-        loss = sum(terms.values())
+        loss = sum(v for k, v in terms.items() if is_loss(k))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -290,6 +322,8 @@ class Trainer:
         t_start = time.perf_counter() - self.timing["total"]
         if self.step == 0 and t.probe_every:
             self.probe()
+        if self.step == 0 and t.init_from:  # where a warm start begins: the source's final AP
+            latest = self.evaluate()
         while self.step < t.steps:
             loss, terms = self.train_step()
             sums = self.loss_sums
@@ -301,9 +335,11 @@ class Trainer:
                 # .item() syncs with the device: only here, once per log interval
                 means = {k: (v / self.loss_count).item() for k, v in self.loss_sums.items()}
                 self.check_finite(means)
-                self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}", value=v) for k, v in means.items()]
+                self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}" if is_loss(k) else k, value=v)
+                                 for k, v in means.items()]
                 self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
-                bar.set_postfix(loss=f"{sum(means.values()):.2e}", AP=f"{latest.get('AP', float('nan')):.3f}")
+                bar.set_postfix(loss=f"{sum(v for k, v in means.items() if is_loss(k)):.2e}",
+                                AP=f"{latest.get('AP', float('nan')):.3f}")
                 self.loss_sums, self.loss_count = None, 0
             collapsed = None
             if t.probe_every and (self.step % t.probe_every == 0 or self.step == t.steps):

@@ -1,5 +1,7 @@
 import glob
 import json
+
+import yaml
 import os
 import subprocess
 import sys
@@ -72,3 +74,24 @@ def test_demo_runs_every_method_and_writes_table_and_figure(synth_root, tmp_path
         assert json.load(open(os.path.join(folder, "manifest.json")))["status"] == "done"
     for ext in ("png", "pdf"):
         assert os.path.getsize(os.path.join(out, f"collapse_curves.{ext}")) > 10_000
+    # warm-started: one supervised stage for the seed, a second for dual's net 1; every run begins there
+    stages = sorted(glob.glob(os.path.join(out, "warm_start", "supervised-*")))
+    assert len(stages) == 2
+    for folder in glob.glob(os.path.join(out, "*-*")):
+        if os.path.isdir(folder):
+            init = yaml.safe_load(open(os.path.join(folder, "config.yaml")))["train"]["init_from"].split(",")
+            assert init[0] in stages and len(init) == (2 if "/dual-" in folder else 1)
+    # one detector and one final AP: the demo table, `collapse report` and analysis.collapse_table agree
+    import analysis
+    from analysis.demo import demo_table
+    names = [os.path.basename(f) for f in glob.glob(os.path.join(out, "*-*")) if os.path.isdir(f)]
+    table = demo_table(out, names)
+    runs, metrics, probes = analysis.load(out)
+    assert len(runs) == 7  # the stages are not results of the study
+    verdicts = analysis.collapse_table(runs, probes, metrics).set_index("label")
+    for label, row in verdicts.iterrows():
+        assert table.loc[label, "collapsed"] == row.collapsed and table.loc[label, "AP"] == row.AP
+    report = analysis.report(out)
+    for label in verdicts.index:
+        line = next(l for l in report.splitlines() if l.startswith(f"| {label} "))
+        assert f"{100 * table.loc[label, 'AP']:.1f} ±" in line

@@ -1,8 +1,21 @@
 """Batch streams: sample store rows, make views on the device, render targets. No per-sample Python."""
+from typing import NamedTuple
+
 import torch
 
 from ..augment import ViewMaker, normalise, normalise_float, store_to_input, swap_flipped, transform_points, warp
 from ..heatmaps import gaussian_targets
+
+
+class View(NamedTuple):
+    """One view of a batch: the network input, the (B,3,3) matrix from store pixels to view pixels, and
+    which samples are mirrored (their joint channels are swapped)."""
+    image: torch.Tensor
+    A: torch.Tensor
+    flip: torch.Tensor
+
+
+FIELD_MIN = 0.99  # a carried heatmap pixel is inside the teacher's field when all its bilinear neighbours are
 
 
 class Batches:
@@ -52,7 +65,7 @@ class Batches:
                     easy=E, flip=flip, keypoints=kps, index=idx)
 
     def view(self, unl, kind="easy", photometric=None, extra=None):
-        """One view of an unlabeled batch -> (image, A, flip). kind: easy (the batch's easy view), hard
+        """One view of an unlabeled batch -> View(image, A, flip). kind: easy (the batch's easy view), hard
         (extra affine o easy), fresh (an independent easy view of equal strength)."""
         n = len(unl["crops"])
         if kind == "fresh":
@@ -63,12 +76,32 @@ class Batches:
                 E = (self.views.extra(n, self.device) if extra is None else extra) @ E
         A = E @ unl["base"]
         crops = unl["crops"] if photometric is None else photometric(unl["crops"])
-        return warp(normalise_float(crops), A, self.input_hw), A, flip
+        return View(warp(normalise_float(crops), A, self.input_hw), A, flip)
 
     def transport(self, heat, A_from, flip_from, A_to, flip_to):
-        """Carry heatmaps predicted in one view's frame into another's (joint channels swapped where the
-        two views differ by a mirror). Heatmaps and images share normalised coordinates."""
+        """Carry heatmaps predicted in one view's frame into another's -> (heatmaps, field).
+
+        Joint channels are swapped where the two views differ by a mirror. `field` (B,1,h,w) is 1 where the
+        pixel lies inside the source view (the teacher's field of view) and 0 where the source view saw
+        nothing: there the carried heatmap is 0 by padding, not by prediction, and must carry no loss
+        (the student's view is resampled from the stored crop with its margin, so it can show real
+        content, joints included, that the teacher never saw). Heatmaps and images share normalised
+        coordinates."""
+        moved = self._carry(torch.cat([heat, torch.ones_like(heat[:, :1])], 1), A_from, A_to)
+        return swap_flipped(moved[:, :-1], flip_from != flip_to), (moved[:, -1:] > FIELD_MIN).to(heat.dtype)
+
+    @staticmethod
+    def reorder(t, v_from, v_to):
+        """Per-joint values t (B,J,...) in view v_from's channel order, put in view v_to's (a mirror between
+        the two views swaps left and right joints, as `transport` does for heatmaps)."""
+        return swap_flipped(t, v_from.flip != v_to.flip)
+
+    def field(self, A_from, A_to):
+        """View A_from's field of view in A_to's heatmap frame (B,1,h,w), as `transport` returns it."""
+        ones = torch.ones(len(A_from), 1, *self.heatmap_hw, device=A_from.device)
+        return (self._carry(ones, A_from, A_to) > FIELD_MIN).float()
+
+    def _carry(self, maps, A_from, A_to):
         rel = A_to @ torch.linalg.inv(A_from)
-        s = torch.diag(torch.tensor([1.0 / self.stride, 1.0 / self.stride, 1.0], device=heat.device))
-        moved = warp(heat, s @ rel @ torch.linalg.inv(s), self.heatmap_hw)
-        return swap_flipped(moved, flip_from != flip_to)
+        s = torch.diag(torch.tensor([1.0 / self.stride, 1.0 / self.stride, 1.0], device=maps.device))
+        return warp(maps, s @ rel @ torch.linalg.inv(s), self.heatmap_hw)

@@ -6,8 +6,16 @@ from ..augment import joint_cutout, randaugment, swap_flipped, transform_points
 from ..heatmaps import decode
 
 
+STAT = "stat/"  # a term named stat/... is a statistic (logged, never part of the loss)
+
+
+def is_loss(name):
+    return not name.startswith(STAT)
+
+
 def heatmap_mse(pred, target, weight=None):
-    """0.5 * mean squared error over (B,J,H,W); weight is (B,J) per joint or (B,J,H,W) per pixel."""
+    """0.5 * mean squared error over (B,J,H,W); weight is (B,J) per joint, or per pixel (B,J,H,W) or (B,1,H,W).
+    A weighted-out pixel still counts in the mean: a mask removes its loss and leaves the others' unchanged."""
     diff = (pred - target) ** 2
     if weight is not None:
         diff = diff * (weight[..., None, None] if weight.dim() == 2 else weight)
@@ -48,7 +56,7 @@ class Method:
             terms[f"sup{i}" if len(forward) > 1 else "sup"] = self.sup_weight * sup
         if unl is not None:
             w = self.unsup_weight(ctx.step)
-            terms.update({k: w * v for k, v in self.unsupervised(ctx, unl).items()})
+            terms.update({k: w * v if is_loss(k) else v for k, v in self.unsupervised(ctx, unl).items()})
         return terms
 
     def unsupervised(self, ctx, unl):
@@ -71,17 +79,21 @@ class Method:
             ra = lambda c: randaugment(c, ctx.batches.gen, self.cfg.ra_ops, self.cfg.ra_magnitude)
         return ctx.batches.view(unl, kind, ra, extra)
 
-    def cut(self, ctx, x, teacher_heat, teacher_view, student_view):
-        """Joint cutout: blank patches of the student's input where the teacher sees joints."""
+    def cut(self, ctx, x, teacher_heat, tv, sv):
+        """Joint cutout: blank patches of the student's input where the teacher (on view tv) sees joints."""
         if not self.cfg.joint_cutout:
             return x
-        (_, At, ft), (_, As, fs) = teacher_view, student_view
         xy, _ = decode(teacher_heat.detach().float())
-        pts = transform_points(As @ torch.linalg.inv(At), xy * ctx.batches.stride)
-        return joint_cutout(x, swap_flipped(pts, ft != fs), self.cfg.joint_cutout, ctx.batches.gen)
+        pts = transform_points(sv.A @ torch.linalg.inv(tv.A), xy * ctx.batches.stride)
+        return joint_cutout(x, swap_flipped(pts, tv.flip != sv.flip), self.cfg.joint_cutout, ctx.batches.gen)
 
     @staticmethod
-    def target(ctx, teacher_heat, teacher_view, student_view):
-        """The teacher's heatmap carried into the student's frame, with the gradient stopped."""
-        (_, At, ft), (_, As, fs) = teacher_view, student_view
-        return ctx.batches.transport(teacher_heat.detach().float(), At, ft, As, fs)
+    def target(ctx, teacher_heat, tv, sv):
+        """(target, field): the teacher's heatmap (on view tv) carried into the student's view sv with the
+        gradient stopped, and the teacher's field of view there (0 where it saw nothing: no loss)."""
+        return ctx.batches.transport(teacher_heat.detach().float(), tv.A, tv.flip, sv.A, sv.flip)
+
+    @staticmethod
+    def outside_share(field):
+        """The share of student pixels outside the teacher's field (they carry no loss), as a statistic."""
+        return {STAT + "outside_field": 1 - field.detach().mean()}

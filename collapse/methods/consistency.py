@@ -1,4 +1,7 @@
-"""The consistency family the paper shows collapsing, each a few lines over predictions."""
+"""The consistency family the paper shows collapsing, each a few lines over predictions.
+
+Every teacher-student recipe here carries the teacher's heatmap into the student's view together with the
+teacher's field of view, and pixels outside that field carry no loss (see Batches.transport)."""
 import copy
 
 import torch
@@ -17,8 +20,9 @@ class Consistency(Method):
         net = ctx.nets[0]
         a = self.student_view(ctx, unl, "easy")
         b = self.student_view(ctx, unl, "fresh")
-        pa, pb = net(a[0]).float(), net(b[0]).float()
-        return {"unsup": heatmap_mse(pb, ctx.batches.transport(pa, a[1], a[2], b[1], b[2]))}
+        pa, pb = net(a.image).float(), net(b.image).float()
+        moved, field = ctx.batches.transport(pa, a.A, a.flip, b.A, b.flip)  # gradient through both
+        return {"unsup": heatmap_mse(pb, moved, field), **self.outside_share(field)}
 
 
 class TeacherStudent(Method):
@@ -30,23 +34,31 @@ class TeacherStudent(Method):
     def teacher(self, ctx):
         return ctx.nets[0]
 
-    def weight(self, teacher_heat, target):
+    def weight(self, confidence, target):
+        """Loss weights beyond the field mask, broadcastable to (B,J,H,W), or None. confidence: the
+        teacher's per-joint peak (B,J), in the student's channel order like the target."""
         return None
 
     def unsupervised(self, ctx, unl):
         tv = ctx.batches.view(unl, self.views[0])
         with torch.no_grad():
-            heat = self.teacher(ctx)(tv[0]).float()
+            heat = self.teacher(ctx)(tv.image).float()
         sv = self.student_view(ctx, unl, self.views[1])
-        x = self.cut(ctx, sv[0], heat, tv, sv)
-        target = self.target(ctx, heat, tv, sv)
+        x = self.cut(ctx, sv.image, heat, tv, sv)
+        target, field = self.target(ctx, heat, tv, sv)
+        # joint channels are swapped where the views differ by a mirror: per-joint facts follow the target
+        confidence = ctx.batches.reorder(heat.amax((2, 3)), tv, sv)
+        extra = self.weight(confidence, target)
         pred = ctx.nets[0](x).float()
-        return {"unsup": heatmap_mse(pred, target, self.weight(heat, target))}
+        return {"unsup": heatmap_mse(pred, target, field if extra is None else field * extra),
+                **self.outside_share(field)}
 
 
 @register("mean_teacher")
 class MeanTeacher(TeacherStudent):
-    """EMA teacher (the paper's B1/B2 with ema 0.99/0.999)."""
+    """EMA teacher (the paper's B1/B2 with ema 0.99/0.999), in eval mode. Its BatchNorm statistics are its
+    own, averaged like its weights (the standard mean teacher); `ema_buffers: copy` copies the student's
+    instead (this toolkit's behaviour before 2026-11: fresh statistics under stale weights)."""
 
     def setup(self, ctx):
         ema = copy.deepcopy(ctx.nets[0]).eval()
@@ -63,22 +75,25 @@ class MeanTeacher(TeacherStudent):
         for t, s in zip(ctx.teachers[0].parameters(), ctx.nets[0].parameters()):
             t.lerp_(s, 1 - a)
         for t, s in zip(ctx.teachers[0].buffers(), ctx.nets[0].buffers()):
-            t.copy_(s)
+            if self.cfg.ema_buffers == "copy" or not t.is_floating_point():  # num_batches_tracked: a count
+                t.copy_(s)
+            else:
+                t.lerp_(s, 1 - a)
 
 
 @register("threshold")
 class Threshold(TeacherStudent):
     """Teacher-confidence mask: joints whose teacher peak is below tau carry no loss (A1-A4)."""
 
-    def weight(self, teacher_heat, target):
-        return (teacher_heat.amax((2, 3)) >= self.cfg.tau).float()
+    def weight(self, confidence, target):
+        return (confidence >= self.cfg.tau).float()[..., None, None]
 
 
 @register("reweight")
 class Reweight(TeacherStudent):
     """Class re-weighting: foreground pixels of the target weigh fg_weight, background 1 (C)."""
 
-    def weight(self, teacher_heat, target):
+    def weight(self, confidence, target):
         return 1 + (self.cfg.fg_weight - 1) * (target > self.cfg.fg_threshold).float()
 
 
@@ -104,12 +119,13 @@ class Dual(Method):
     def unsupervised(self, ctx, unl):
         tv = ctx.batches.view(unl, "easy")
         with torch.no_grad():
-            heats = [net(tv[0]).float() for net in ctx.nets]
-        extra = ctx.batches.views.extra(len(tv[0]), tv[0].device)
+            heats = [net(tv.image).float() for net in ctx.nets]
+        extra = ctx.batches.views.extra(len(tv.image), tv.image.device)
         terms = {}
         for i, net in enumerate(ctx.nets):
             other = heats[1 - i]
             sv = self.student_view(ctx, unl, "hard", extra)
-            x = self.cut(ctx, sv[0], other, tv, sv)
-            terms[f"unsup{i}"] = heatmap_mse(net(x).float(), self.target(ctx, other, tv, sv))
-        return terms
+            x = self.cut(ctx, sv.image, other, tv, sv)
+            target, field = self.target(ctx, other, tv, sv)
+            terms[f"unsup{i}"] = heatmap_mse(net(x).float(), target, field)
+        return {**terms, **self.outside_share(field)}

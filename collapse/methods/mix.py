@@ -36,7 +36,7 @@ class GuidedMix(Method):
         if unl is None:
             return terms
         net, gen = ctx.nets[0], ctx.batches.gen
-        xu, _, _ = self.student_view(ctx, unl, "easy")
+        xu = self.student_view(ctx, unl, "easy").image
         pair = pair_labeled(lab["x"], xu, self.cfg.mix_pairing, gen)
         lam = torch.rand(len(xu), generator=gen).to(xu.device) * self.cfg.mix_max
         mixed = lam.view(-1, 1, 1, 1) * lab["x"][pair] + (1 - lam.view(-1, 1, 1, 1)) * xu

@@ -53,7 +53,7 @@ def label_pool(predict, batches, pool, ensemble="none", chunk=512):
         for E, flip in views:
             A = E @ base
             heat = predict(warp(img, A, batches.input_hw), idx, A, flip).float()
-            total = total + batches.transport(heat, A, flip, base, plain)
+            total = total + batches.transport(heat, A, flip, base, plain)[0]
         xy, conf = decode(total / len(views))
         coords.append(transform_points(torch.linalg.inv(base), xy * batches.stride))
         confs.append(conf)
@@ -98,10 +98,13 @@ class PseudoLabelBase(Method):
             return {}  # the supervised (teacher) stage
         kp, conf = self.labels
         idx = unl["index"].to(kp.device)
-        x, A, flip = ctx.batches.view(unl, "easy", self.photometric(ctx))
+        v = ctx.batches.view(unl, "easy", self.photometric(ctx))
         pseudo = torch.cat([kp[idx], (conf[idx] >= self.cfg.pl_threshold).float()[..., None]], -1)
-        target, weight = ctx.batches.targets(A, flip, pseudo)
-        return {"unsup": heatmap_mse(ctx.nets[0](x).float(), target, weight)}
+        target, weight = ctx.batches.targets(v.A, v.flip, pseudo)
+        # the teacher labeled the plain view: where the student's view shows what it never saw, no loss
+        field = ctx.batches.field(unl["base"], v.A)
+        return {"unsup": heatmap_mse(ctx.nets[0](v.image).float(), target, weight[..., None, None] * field),
+                **self.outside_share(field)}
 
     def relabel(self, ctx, net, rows=None):
         """Pseudo-label the pool (or only `rows` of it) with `net`, keeping the other rows' labels."""
