@@ -9,6 +9,8 @@ Two indices of the unlabeled mean max response, and a detector with two triggers
   below REFERENCE_RATIO, once the supervised response has passed COLLAPSE_FLOOR.
 A run's collapse step is the earlier of the two (None if neither fires).
 """
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -17,19 +19,31 @@ from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, c
 
 REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
 
-IGNORED = ("train.device", "train.threads", "train.progress", "train.stop_on_collapse", "train.collapse_ratio")
+# keys that do not make another setting: how a run was executed, and train.init_same (a two-net method's
+# factor, shown in its label, whose runs share the seed's supervised reference)
+IGNORED = ("train.device", "train.threads", "train.progress", "train.stop_on_collapse", "train.collapse_ratio",
+           "train.checkpoint_every", "train.init_same")
 
 
-def setting_key(runs):
-    """Per run, a key for 'the same setting apart from the method' (to find its supervised reference)."""
-    cols = sorted(c for c in runs.columns if "." in c and c.split(".")[0] in
-                  ("data", "augment", "model", "train", "eval") and c not in IGNORED
-                  and runs[c].notna().all())  # keys every run has (runs of older versions may lack new keys)
+def setting_columns(runs, across_seeds=False, without=()):
+    """The config columns that make a setting (keys every run has: runs of older versions may lack new ones)."""
+    skip = set(IGNORED) | set(without) | ({"train.seed"} if across_seeds else set())
+    return sorted(c for c in runs.columns if "." in c and c.split(".")[0] in ("data", "augment", "model", "train", "eval")
+                  and c not in skip and runs[c].notna().all())
+
+
+def setting_key(runs, across_seeds=False, without=()):
+    """Per run, a key for 'the same setting apart from the method' (to find its supervised reference);
+    across_seeds: also apart from the seed (to pair runs by seed), `without`: apart from these columns too."""
+    cols = setting_columns(runs, across_seeds, without)
     if not cols:
         return pd.Series("", index=runs.index)
     key = runs[cols].astype(str)
-    if "train.init_from" in key:  # a two-net run names a source per net: net 0's is the one it shares
-        key["train.init_from"] = key["train.init_from"].str.split(",").str[0]
+    if "train.init_from" in key:
+        # a two-net run names a source per net: net 0's is the one it shares; across seeds (each seed has
+        # its own supervised stage) only whether the run was warm-started and from which folder of stages
+        first = key["train.init_from"].str.split(",").str[0]
+        key["train.init_from"] = first.map(lambda p: os.path.dirname(p)) if across_seeds else first
     return key.agg("|".join, axis=1)
 
 

@@ -88,6 +88,13 @@ def method_label(row):
         "self_training": " (ST++)" if row.get("method.st_plus") else " (ST)",
         "guided_mix": " (mixed teaches clean)" if row.get("method.mix_direction") == "mixed_teaches_clean" else ""})
     label = name + bits.get(name, "")
+    if name not in ("supervised",) and row.get("method.unsup_weight") not in (None, 1.0):
+        label += f" (w {row['method.unsup_weight']:g})"
+    sup = row.get("method.sup_weight")
+    if sup is not None and sup >= 0:  # a ratio other than the method's own (-1 = its default)
+        label += f" (sup {sup:g})"
+    if row.get("train.init_same") and name in ("dual",):
+        label += " (one init)"
     if row.get("method.joint_cutout"):
         label += f" + JC{row['method.joint_cutout']}"
     if row.get("method.randaugment"):

@@ -66,17 +66,27 @@ def cmd_train(args):
 
 def cmd_demo(args):
     from . import demo
+    from .config import ConfigError
+    from analysis.claims import claims, to_markdown
     from analysis.demo import demo_figure, demo_table
     args.grid = args.grid or demo.GRID
-    print(f"collapse demo: the study's methods on the synthetic set, seed {args.seed}, {args.jobs} at a time")
-    names = demo.run_all(args.grid, args.out, args.seed, args.overrides, args.jobs)
-    table = demo_table(args.out, names.values())
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    except ValueError:
+        raise ConfigError(f"--seeds takes a comma-separated list of integers, got '{args.seeds}'")
+    for seed in seeds:
+        print(f"collapse demo: the study's methods on the synthetic set, seed {seed}, {args.jobs} at a time")
+        names = demo.run_all(args.grid, args.out, seed, args.overrides, args.jobs)
+        table = demo_table(args.out, names.values())
+        print(table.to_markdown(floatfmt=".3f"))
     demo_figure(args.out, names.values(), os.path.join(args.out, "collapse_curves"))
     from .runs import atomic_write_text
-    text = table.to_markdown(floatfmt=".3f")
-    atomic_write_text(os.path.join(args.out, "table.md"), text + "\n")
-    print(text)
-    print(f"figure: {os.path.join(args.out, 'collapse_curves.png')} (and .pdf)")
+    atomic_write_text(os.path.join(args.out, "table.md"), table.to_markdown(floatfmt=".3f") + "\n")
+    print(f"figure: {os.path.join(args.out, 'collapse_curves.png')} (and .pdf), table: table.md (seed {seeds[-1]})")
+    found = claims(args.out)
+    found = found[found.verdict != "no runs"]
+    print("\nthe paper's claims these runs can test (every seed in the folder; `collapse claims` for all):")
+    print(to_markdown(found), end="")
 
 
 def cmd_grid(args):
@@ -105,7 +115,18 @@ def cmd_report(args):
     from analysis import report
     print(report(args.results, args.out), end="")
     if args.out:
-        print(f"wrote {os.path.join(args.out, 'table.md')} and table.tex")
+        from analysis.claims import write
+        write(args.results, args.out)
+        print(f"wrote {os.path.join(args.out, 'table.md')}, table.tex and, beside them, claims.md (the paper's claims "
+              "with intervals over seeds: collapse claims)")
+    else:
+        print(f"the paper's claims with intervals over seeds: collapse claims {args.results}")
+
+
+def cmd_claims(args):
+    from analysis.claims import write
+    print(write(args.results, args.out), end="")
+    print(f"wrote {os.path.join(args.out or args.results, 'claims.md')} and claims.json")
 
 
 def cmd_toy(args):
@@ -149,11 +170,14 @@ def parser():
     tr.set_defaults(func=cmd_train)
 
     de = sub.add_parser("demo", help="the main job: the study's methods on the embedded synthetic set",
-                        description="Prepare the synthetic set if absent, run the demo grid (supervised, "
-                        "consistency, mean_teacher, threshold, reweight, easy_hard, dual on configs/demo.yaml) "
-                        "through the grid machinery (resumable), print the table and write the collapse-curve figure.")
+                        description="Prepare the synthetic set if absent, run the demo grid (configs/grids/demo.yaml: "
+                        "a supervised stage per seed, then supervised, consistency, mean_teacher, threshold, reweight, "
+                        "easy_hard and dual continue from it) through the grid machinery (resumable); print the table, "
+                        "write the collapse-curve figure, and print the verdicts on the paper's claims the folder's "
+                        "runs can test.")
     de.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--seeds", help="several seeds in turn, e.g. 0,1,2 (the claims need >= 3 for a verdict)")
     de.add_argument("--grid", default=None, help="the demo grid (default configs/grids/demo.yaml)")
     de.add_argument("--jobs", type=int, default=2, help="runs at once, one CPU thread each (default 2)")
     de.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -200,6 +224,14 @@ def parser():
     re_.add_argument("results", help="results folder")
     re_.add_argument("--out", help="also write table.md and table.tex here")
     re_.set_defaults(func=cmd_report)
+
+    cl = sub.add_parser("claims", help="the paper's claims as verdicts with 95%% intervals over seeds",
+                        description="Pairs the runs of a results folder by setting and seed and gives, per claim of "
+                        "the paper (C1-C7, and the dual-vs-single factors F1-F6), the paired difference in final AP "
+                        "and unlabeled response, its 95%% interval and a verdict: holds, fails, inconclusive or no runs.")
+    cl.add_argument("results", help="results folder")
+    cl.add_argument("--out", help="folder for claims.md and claims.json (default: the results folder)")
+    cl.set_defaults(func=cmd_claims)
 
     from analysis.toy import DESCRIPTION, add_arguments
     to = sub.add_parser("toy", help="the 2-D toy study of the decision boundary", description=DESCRIPTION)

@@ -106,6 +106,8 @@ class TrainConfig:
     seed: int = 0
     init_from: str = ""              # start from trained nets: a finished run folder or a checkpoint file, one for
                                      # every net or one per net separated by commas ('' = random init); fresh optimizer
+    init_same: bool = False          # two-net methods: both nets start from identical weights (one random draw, or
+                                     # in a warm-started grid one supervised stage) instead of one each
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads (0 = torch's default)
     compile: bool = False

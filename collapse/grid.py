@@ -15,11 +15,13 @@ A grid file (configs/grids/*.yaml):
       train.seed: [0, 1, 2]
     warm_start:                   # optional: every run continues from a supervised stage (train.init_from)
       train.steps: 1200           # the stage's overrides on top of the run's own data/model/train settings
+                                  # (or per scale: {demo: {...}, full: {...}}; a scale without one: no stage)
 
 A warm-started grid first runs its supervised stages, one per setting and seed, shared by every method of
 that setting (RESULTS/warm_start/supervised-<run id>, skipped when done, like any run); a two-net method's
 net 1 starts from the stage of seed + SECOND_NET_SEED (the original gives its two nets different
-initialisations). A run whose own values set train.init_from (say, "" for from scratch) keeps them.
+initialisations; with train.init_same both nets start from the seed's stage). A run whose own values set
+train.init_from (say, "" for from scratch) keeps them.
 
 Each resolved config is a run named `<method>-<run id>` (run id = hash of the resolved config), in
 RESULTS. Done (and collapsed) runs are skipped, interrupted ones resume from their checkpoint, failed
@@ -96,6 +98,10 @@ def expand(path, results, scale=None, overrides=()):
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
         raise GridError(f"{path}: 'variants' must be a list of mappings of config keys")
     warm = _mapping(raw, "warm_start", path)
+    if scales and warm and set(warm) <= set(scales):  # per scale: {demo: {...}, full: {...}}
+        warm = warm.get(scale or next(iter(scales))) or {}
+        if not isinstance(warm, dict):
+            raise GridError(f"{path}: warm_start of scale '{scale}' must be a mapping of config keys")
     runs, stages, seen = [], {}, set()
     for variant in variants:
         for combo in itertools.product(*axes.values()):
@@ -103,8 +109,8 @@ def expand(path, results, scale=None, overrides=()):
             try:
                 cfg = config.load(base, overrides, values=values)
                 if warm and "train.init_from" not in values:
-                    sources = [_stage(cfg, warm, overrides, k * SECOND_NET_SEED, results, stages)
-                               for k in range(METHODS[cfg.method.name].nets)]
+                    nets = 1 if cfg.train.init_same else METHODS[cfg.method.name].nets
+                    sources = [_stage(cfg, warm, overrides, k * SECOND_NET_SEED, results, stages) for k in range(nets)]
                     values = {**values, "train.init_from": ",".join(sources)}
                     cfg = config.load(base, overrides, values=values)
             except ConfigError as e:
@@ -126,7 +132,7 @@ def _stage(cfg, warm, overrides, seed_offset, results, stages):
     d = cfg.to_dict()
     d["method"] = {"name": "supervised"}
     d = config.merge(config.merge(d, config.dotted_tree(warm)), config.parse_overrides(overrides))
-    d["train"].update(init_from="", seed=cfg.train.seed + seed_offset)
+    d["train"].update(init_from="", init_same=False, seed=cfg.train.seed + seed_offset)
     stage = config.from_dict(d)
     rid = run_id(stage.to_dict())
     name = f"supervised-{rid}"

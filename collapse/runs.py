@@ -63,6 +63,9 @@ def run_id(resolved_config: dict) -> str:
     """Short hash of the resolved config, without the keys that do not change results."""
     ident = {k: v for k, v in resolved_config.items() if k not in ("out",)}
     ident["train"] = {k: v for k, v in ident.get("train", {}).items() if k not in ("device", "threads", "progress")}
+    if ident["train"].get("init_from"):  # a source by its last two path parts (a grid's: warm_start/<method>-<id>),
+        ident["train"]["init_from"] = ",".join(  # so a results folder can move without changing its runs' ids
+            "/".join(os.path.normpath(p.strip()).split(os.sep)[-2:]) for p in ident["train"]["init_from"].split(","))
     text = yaml.safe_dump(ident, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 

@@ -203,6 +203,9 @@ class Trainer:
 
         for net, path in zip(self.nets, init_sources(t.init_from, len(self.nets))):
             load_net(net, path, self.device)
+        if t.init_same:  # one initialisation for every net (a second net differs only by what it learns)
+            for net in self.nets[1:]:
+                net.load_state_dict(self.nets[0].state_dict())
         params = [p for n in self.nets for p in n.parameters()]
         self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders

@@ -60,9 +60,9 @@ def test_load_gives_runs_metrics_and_probes(results):
 def test_detector_flags_naive_consistency_only(results):
     runs, metrics, probes = analysis.load(results)
     t = analysis.collapse_table(runs, probes, metrics).set_index("label")
-    assert bool(t.loc["consistency", "collapsed"]) and 0 < t.loc["consistency", "collapse_step"] <= 300
+    assert bool(t.loc["consistency (w 10)", "collapsed"]) and 0 < t.loc["consistency (w 10)", "collapse_step"] <= 300
     assert not t.loc["supervised", "collapsed"] and not t.loc["dual", "collapsed"]
-    assert t.loc["consistency", "vs_supervised"] < 0.35 < t.loc["dual", "vs_supervised"]  # 0.26 here, 1.0 for dual
+    assert t.loc["consistency (w 10)", "vs_supervised"] < 0.35 < t.loc["dual", "vs_supervised"]  # 0.26 here, 1.0 for dual
     assert t.loc["supervised", "vs_supervised"] == pytest.approx(1.0)
 
 
@@ -86,7 +86,7 @@ def test_boundary_drift_and_histograms(results):
     assert d.target_radius.iloc[0] > 0 and (d.radius >= 0).all() and d.gt_bg_share.between(0, 1).all()
     last = d[d.step == 300].set_index(["label", "tau"])
     # the collapsed run calls more joint pixels background than supervised does
-    assert last.loc[("consistency", 0.2), "gt_bg_share"] > last.loc[("supervised", 0.2), "gt_bg_share"]
+    assert last.loc[("consistency (w 10)", 0.2), "gt_bg_share"] > last.loc[("supervised", 0.2), "gt_bg_share"]
     h = analysis.response_histograms(runs, probes)
     sums = h.groupby(["run", "step"]).share.sum()
     assert np.allclose(sums, 1.0, atol=1e-4)
@@ -110,7 +110,7 @@ def test_report_table_layout(results, tmp_path, capsys):
     assert main(["report", results, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = [l for l in out.splitlines() if l.startswith("| ")]
-    assert "30 labeled" in rows[0] and [r.split("|")[1].strip() for r in rows[1:]] == ["supervised", "consistency", "dual"]
+    assert "30 labeled" in rows[0] and [r.split("|")[1].strip() for r in rows[1:]] == ["supervised", "consistency (w 10)", "dual"]
     assert "±" in rows[1]
     tex = (tmp_path / "table.tex").read_text()
     assert r"\begin{tabular}{lc}" in tex and r"$\pm$" in tex and "table.md" in os.listdir(tmp_path)

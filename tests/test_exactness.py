@@ -211,3 +211,6 @@ def test_a_warm_started_grid_shares_one_stage_per_seed_and_gives_dual_two(tmp_pa
         assert by["dual", seed] == f"{stage_of[seed]},{stage_of[seed + SECOND_NET_SEED]}"
         assert by["consistency", seed] == ""  # a run that says "from scratch" keeps it
     assert all(r.cfg.train.steps == 2200 for r in runs if not r.stage)
+    # a results folder can move: the runs keep their ids (a source counts by its last two path parts)
+    moved = expand(str(g), str(tmp_path / "elsewhere" / "r"))
+    assert [r.run_id for r in moved] == [r.run_id for r in runs]

@@ -1,0 +1,186 @@
+"""`collapse claims`: which of the paper's claims a results folder supports, by how much, and how sure.
+
+Runs speak to a claim only in pairs: the same setting apart from the method (data, model, augmentation,
+schedule, warm start; analysis.collapse.setting_key) and the same seed. Each row gives the paired
+difference over seeds (final OKS AP in points x 100, and the unlabeled peak response relative to
+supervised), its 95% interval (analysis.stats: t below 10 seeds, bootstrap from 10) and a verdict:
+holds, fails, inconclusive (the interval spans zero, or fewer than 3 seeds), or "no runs" when the
+folder cannot test the claim. A folder with several settings (say, two labeled-set sizes) gets one row
+per setting.
+"""
+import glob
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from collapse.runs import atomic_write_json, atomic_write_text
+
+from .collapse import collapse_table, final_ap, setting_columns, setting_key
+from .results import load
+from .stats import MIN_SEEDS, paired_interval, verdict
+
+FAILED_ATTEMPTS = [  # the paper's figure of attempts that collapse or do not help (labels as analysis gives them)
+    ("A1", "threshold (tau 0.2)"), ("A2", "threshold (tau 0.4)"), ("A3", "threshold (tau 0.6)"),
+    ("A4", "threshold (tau 0.8)"), ("B1", "mean_teacher (ema 0.99)"), ("B2", "mean_teacher (ema 0.999)"),
+    ("C", "reweight"), ("D1", "easy_hard (easy_easy)"), ("D2", "easy_hard (hard_hard)"),
+    ("D3", "easy_hard (hard_easy)")]
+FACTORS = [  # dual vs single, one factor at a time (configs/grids/dual_vs_single.yaml)
+    ("F1", "a peer teaches (dual vs single), ratio 1:2, two inits", "dual", "easy_hard (sup 0.5)"),
+    ("F2", "a peer teaches (dual vs single), ratio 1:1, two inits", "dual (sup 1)", "easy_hard"),
+    ("F3", "ratio 1:2 vs 1:1, single", "easy_hard (sup 0.5)", "easy_hard"),
+    ("F4", "ratio 1:2 vs 1:1, dual", "dual", "dual (sup 1)"),
+    ("F5", "two inits vs one, dual 1:2", "dual", "dual (one init)"),
+    ("F6", "two inits vs one, dual 1:1", "dual (sup 1)", "dual (sup 1) (one init)")]
+COLUMNS = ["claim", "statement", "runs", "setting", "seeds", "effect_AP", "low", "high", "interval",
+           "effect_response", "collapsed", "verdict"]
+
+
+def run_table(runs, metrics, probes):
+    """One row per finished run: run, label, seed, setting (across seeds), AP, AP_ens, vs_supervised, collapsed."""
+    runs = runs[runs.status.isin(["done", "collapsed"])].reset_index(drop=True)
+    if runs.empty:
+        return pd.DataFrame(columns=["run", "label", "seed", "setting", "AP", "AP_ens", "vs_supervised", "collapsed"])
+    t = collapse_table(runs, probes, metrics)
+    info = runs.assign(setting=setting_key(runs, across_seeds=True), AP_ens=final_ap(runs, metrics, "AP/ens").values)
+    t = t.merge(info[["run", "setting", "AP_ens"]], on="run")
+    return t[["run", "label", "seed", "setting", "AP", "AP_ens", "vs_supervised", "collapsed"]]
+
+
+def describe(runs, settings):
+    """A readable name per setting key: the config columns whose values tell the settings apart."""
+    cols = setting_columns(runs, across_seeds=True)
+    frame = runs.assign(setting=setting_key(runs, across_seeds=True)).drop_duplicates("setting").set_index("setting")
+    differ = [c for c in cols if frame[c].astype(str).nunique() > 1]
+    return {s: ", ".join(f"{c}={frame.loc[s, c]}" for c in differ) or "all runs" for s in settings}
+
+
+def paired(table, a, b, value="AP", b_value=None):
+    """Per setting where both labels ran: the seeds both have and the differences a - b (NaN-free)."""
+    out = {}
+    for setting, g in table.groupby("setting"):
+        A = g[g.label == a].groupby("seed").mean(numeric_only=True)
+        B = g[g.label == b].groupby("seed").mean(numeric_only=True)
+        seeds = sorted(set(A.index) & set(B.index))
+        if seeds:
+            out[setting] = (seeds, A.loc[seeds], B.loc[seeds])
+    return out
+
+
+def compare(table, names, claim, statement, a, b, direction, value="AP", b_value="AP", collapse_rule=None):
+    """Rows of one paired comparison (one per setting), or one 'no runs' row."""
+    rows = []
+    for setting, (seeds, A, B) in paired(table, a, b).items():
+        mean, lo, hi, n, how = paired_interval(A[value].values - B[b_value].values)
+        resp = paired_interval(A.vs_supervised.values - B.vs_supervised.values)[0]
+        collapsed = int(round(A.collapsed.sum()))
+        v = verdict(lo, hi, n, direction)
+        if collapse_rule:
+            v = collapse_rule(v, collapsed, n)
+        rows.append(dict(claim=claim, statement=statement, runs=f"{a} - {b}", setting=names[setting], seeds=n,
+                         effect_AP=100 * mean, low=100 * lo, high=100 * hi, interval=how, effect_response=resp,
+                         collapsed=f"{collapsed}/{n}", verdict=v))
+    return rows or [dict(claim=claim, statement=statement, runs=f"{a} - {b}", verdict="no runs")]
+
+
+def _collapses_and_below(v, collapsed, n):
+    """C1: holds when AP is below supervised and the detector fires in every seed; fails when AP is above,
+    or the detector fires in none."""
+    if n < MIN_SEEDS:
+        return "inconclusive"
+    if v == "fails" or collapsed == 0:
+        return "fails"
+    return "holds" if v == "holds" and collapsed == n else "inconclusive"
+
+
+def _at_or_below_or_collapses(v, collapsed, n):
+    """C2: a collapse in every seed settles it; otherwise the AP interval must lie below zero."""
+    return "holds" if n >= MIN_SEEDS and collapsed == n else v
+
+
+def trend(table, runs, label="consistency", along="data.sigma"):
+    """C6: per seed (and other setting), the least-squares slope of `label`'s response vs supervised over
+    `along`; rows of the interval over seeds of that slope (claim: it rises)."""
+    t = table.merge(runs[["run", along, "method.unsup_weight"]].assign(
+        rest=setting_key(runs, across_seeds=True, without=(along,))), on="run")
+    t = t[t.label.str.split(" ").str[0] == label]
+    rows = []
+    for (rest, weight), g in t.groupby(["rest", "method.unsup_weight"]):
+        if g[along].nunique() < 2:
+            continue
+        slopes = [np.polyfit(s[along].astype(float), s.vs_supervised, 1)[0] for _, s in g.groupby("seed")
+                  if s[along].nunique() >= 2 and s.vs_supervised.notna().all()]
+        mean, lo, hi, n, how = paired_interval(slopes)
+        rows.append(dict(claim="C6", statement=f"{label}'s response vs supervised rises with {along} "
+                         "(slope per seed)", runs=f"{label} (w {weight:g}) over {along} "
+                         f"{', '.join(f'{v:g}' for v in sorted(g[along].unique()))}", setting=f"unsup_weight={weight:g}", seeds=n,
+                         effect_response=mean, low=lo, high=hi, interval=how, verdict=verdict(lo, hi, n, +1)))
+    return rows or [dict(claim="C6", statement=f"{label}'s response vs supervised rises with {along}",
+                         runs=f"{label} over {along}", verdict="no runs")]
+
+
+def toy_rows(results_dir):
+    """C7: every toy_measures.csv below the folder is one toy seed; naive consistency's final boundary minus
+    easy->hard's (x units toward the minor class), paired by file."""
+    diffs = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "**", "toy_measures.csv"), recursive=True)):
+        m = pd.read_csv(path)
+        last = m[(m.step == m.step.max()) & (m.measure == "boundary_x")].set_index("method").value
+        if {"naive consistency", "easy->hard (single)"} <= set(last.index):
+            diffs.append(last["naive consistency"] - last["easy->hard (single)"])
+    statement = "2-D toy: naive consistency moves the boundary into the minor class further than easy->hard"
+    if not diffs:
+        return [dict(claim="C7", statement=statement, runs="toy_measures.csv", verdict="no runs")]
+    mean, lo, hi, n, how = paired_interval(diffs)
+    return [dict(claim="C7", statement=statement, runs="naive - easy->hard (boundary x)", setting="toy",
+                 seeds=n, effect_response=mean, low=lo, high=hi, interval=how, verdict=verdict(lo, hi, n, +1))]
+
+
+def claims(results_dir):
+    """The claims table of a results folder (DataFrame with COLUMNS)."""
+    runs, metrics, probes = load(results_dir)
+    table = run_table(runs, metrics, probes)
+    names = describe(runs[runs.run.isin(table.run)], table.setting.unique()) if len(table) else {}
+    rows = compare(table, names, "C1", "naive consistency collapses (detector) and ends below supervised",
+                   "consistency", "supervised", -1, collapse_rule=_collapses_and_below)
+    for code, label in FAILED_ATTEMPTS:
+        rows += compare(table, names, f"C2 {code}", "ends at or below supervised, or collapses", label,
+                        "supervised", -1, collapse_rule=_at_or_below_or_collapses)
+    rows += compare(table, names, "C3", "easy->hard single ends above supervised", "easy_hard", "supervised", +1)
+    rows += compare(table, names, "C4", "dual (net 0) ends above single", "dual", "easy_hard", +1)
+    rows += compare(table, names, "C4 ens", "dual (ensemble of its nets) ends above single", "dual", "easy_hard",
+                    +1, value="AP_ens")
+    rows += compare(table, names, "C5 JC", "joint cutout raises dual", "dual + JC5", "dual", +1)
+    rows += compare(table, names, "C5 RA", "RandAugment raises dual", "dual + RA", "dual", +1)
+    rows += trend(table, runs[runs.run.isin(table.run)]) if len(table) else trend(table, runs)
+    rows += toy_rows(results_dir)
+    for code, statement, a, b in FACTORS:
+        rows += compare(table, names, code, statement, a, b, +1)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def to_markdown(frame):
+    f = frame.copy()
+    for c in ("effect_AP", "low", "high", "effect_response"):
+        f[c] = f[c].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
+    f["interval"] = [("" if pd.isna(lo) or lo == "" else f"[{lo}, {hi}] ({how})")
+                     for lo, hi, how in zip(f.low, f.high, f.interval)]
+    f = f.drop(columns=["low", "high"]).astype(object).where(lambda x: x.notna(), "")
+    f["seeds"] = f.seeds.map(lambda v: "" if v == "" else str(int(v)))
+    return ("Paired differences over seeds (a - b). effect_AP: final OKS AP x 100; effect_response: unlabeled "
+            "peak response relative to supervised (C6: its slope; C7: boundary x); 95% interval, t below 10 "
+            "seeds, bootstrap from 10; a verdict needs >= 3 seeds and an interval that excludes zero.\n\n"
+            + f.to_markdown(index=False, disable_numparse=True) + "\n")
+
+
+def write(results_dir, out_dir=None):
+    """claims.md and claims.json in out_dir (default: the results folder); returns the Markdown."""
+    frame = claims(results_dir)
+    out_dir = out_dir or results_dir
+    os.makedirs(out_dir, exist_ok=True)
+    md = to_markdown(frame)
+    atomic_write_text(os.path.join(out_dir, "claims.md"), md)
+    records = json.loads(frame.to_json(orient="records"))
+    atomic_write_json(os.path.join(out_dir, "claims.json"), records)
+    return md

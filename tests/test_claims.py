@@ -1,0 +1,120 @@
+"""`collapse claims` on results folders written by the tests with chosen AP and response curves."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.claims import claims
+from analysis.stats import paired_interval, verdict
+from collapse.cli import main
+from collapse.config import Config
+from collapse.probes import PROBE_COLUMNS
+from collapse.runs import run_id
+
+STEPS = [0, 100, 200, 300, 400]
+
+
+def fake_run(results, name, ap, response, seed, method="supervised", ap_ens=None, **config):
+    """A finished run folder with a final AP and an unlabeled peak-response curve (one value per STEPS)."""
+    cfg = Config().to_dict()
+    cfg["method"]["name"] = method
+    cfg["train"]["seed"] = seed
+    for key, value in config.items():
+        section, field = key.split("__")
+        cfg[section][field] = value
+    folder = os.path.join(results, name)
+    os.makedirs(folder)
+    yaml.safe_dump(cfg, open(os.path.join(folder, "config.yaml"), "w"))
+    final = {"AP": ap} if ap_ens is None else {"AP/net0": ap, "AP/ens": ap_ens}
+    json.dump(dict(status="done", run_id=run_id(cfg), method=method, final=final),
+              open(os.path.join(folder, "manifest.json"), "w"))
+    pd.DataFrame([dict(step=STEPS[-1], split="val", name=k, value=v) for k, v in final.items()]).to_parquet(
+        os.path.join(folder, "metrics.parquet"))
+    pd.DataFrame([(s, "unlabeled", 0, -1, "max_response", np.nan, r) for s, r in zip(STEPS, response)],
+                 columns=PROBE_COLUMNS).to_parquet(os.path.join(folder, "probes.parquet"))
+
+
+FLAT, FADE = [0.5, 0.6, 0.6, 0.6, 0.6], [0.5, 0.6, 0.2, 0.1, 0.05]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Five seeds: consistency collapses and loses 2 AP points; easy_hard gains 1-2 points (holds);
+    threshold tau 0.2 gains 3 points (C2 fails); dual vs easy_hard is noise around zero (inconclusive);
+    dual + JC5 exists for 2 seeds only (too few); and a supervised run at another data.labeled that a
+    consistency run of that setting must never be paired with."""
+    r = str(tmp_path / "results")
+    for s in range(5):
+        sup = 0.05 + 0.01 * s
+        fake_run(r, f"sup{s}", sup, FLAT, s)
+        fake_run(r, f"cons{s}", sup - 0.02 - 0.001 * s, FADE, s, "consistency")
+        fake_run(r, f"eh{s}", sup + 0.01 + 0.002 * s, FLAT, s, "easy_hard")
+        fake_run(r, f"tau{s}", sup + 0.03, FLAT, s, "threshold", method__tau=0.2)
+        fake_run(r, f"dual{s}", sup + 0.01 + 0.002 * s + (0.004 if s % 2 else -0.004), FLAT, s, "dual",
+                 ap_ens=sup + 0.02)
+    for s in range(2):
+        fake_run(r, f"jc{s}", 0.2, FLAT, s, "dual", ap_ens=0.2, method__joint_cutout=5)
+    fake_run(r, "cons_other", 0.5, FLAT, 0, "consistency", data__labeled=50)
+    return r
+
+
+def _row(table, claim):
+    rows = table[table.claim == claim]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_every_verdict_kind(folder):
+    t = claims(folder)
+    c1 = _row(t, "C1")
+    assert c1.verdict == "holds" and c1.seeds == 5 and c1.collapsed == "5/5"
+    assert c1.effect_AP == pytest.approx(-100 * np.mean([0.02 + 0.001 * s for s in range(5)]))
+    assert c1.low < c1.effect_AP < c1.high < 0 and c1.interval == "t"
+    assert _row(t, "C3").verdict == "holds" and _row(t, "C3").low > 0
+    assert _row(t, "C2 A1").verdict == "fails"                     # clearly above supervised, never collapsed
+    c4 = _row(t, "C4")
+    assert c4.verdict == "inconclusive" and c4.low < 0 < c4.high  # the interval spans zero
+    assert _row(t, "C4 ens").verdict == "holds"
+    jc = _row(t, "C5 JC")
+    assert jc.verdict == "inconclusive" and jc.seeds == 2        # too few seeds, however large the effect
+    for claim in ("C2 A2", "C5 RA", "C6", "C7", "F1"):
+        assert _row(t, claim).verdict == "no runs"               # listed, never dropped
+
+
+def test_runs_of_another_setting_are_never_paired(folder):
+    t = claims(folder)
+    c1 = _row(t, "C1")  # the data.labeled=50 consistency run has no supervised partner: not in C1's pairs
+    assert c1.seeds == 5 and c1.effect_AP < 0
+
+
+def test_a_trend_over_sigma_and_the_command(tmp_path, capsys):
+    r = str(tmp_path / "imbalance")
+    for s in range(3):
+        for sigma, ratio in ((1.0, 0.2), (2.0, 0.5), (3.0, 0.9)):
+            fake_run(r, f"sup{s}_{sigma}", 0.05, FLAT, s, data__sigma=sigma)
+            fake_run(r, f"cons{s}_{sigma}", 0.03, [v * (ratio + 0.01 * s) for v in FLAT], s, "consistency",
+                     data__sigma=sigma)
+    t = claims(r)
+    c6 = _row(t, "C6")
+    assert c6.verdict == "holds" and c6.seeds == 3 and c6.effect_response == pytest.approx(0.35, abs=1e-6)
+    # three settings (one per sigma), each with its own C1 row
+    assert len(t[t.claim == "C1"]) == 3 and set(t[t.claim == "C1"].setting) == \
+        {"data.sigma=1.0", "data.sigma=2.0", "data.sigma=3.0"}
+    out = tmp_path / "out"
+    assert main(["claims", r, "--out", str(out)]) == 0
+    md = (out / "claims.md").read_text()
+    assert "| C6 " in md and "holds" in md and capsys.readouterr().out.startswith("Paired differences")
+    rows = json.loads((out / "claims.json").read_text())
+    assert {row["claim"] for row in rows} >= {"C1", "C6", "C7"}
+
+
+def test_interval_and_verdict_rules():
+    mean, lo, hi, n, how = paired_interval([1.0, 2.0, 3.0])
+    assert (mean, n, how) == (2.0, 3, "t") and lo == pytest.approx(2 - 4.303 * 1 / np.sqrt(3), abs=1e-3)
+    _, lo, hi, n, how = paired_interval(np.linspace(0.5, 1.5, 12))
+    assert how == "bootstrap" and 0.5 < lo < 1 < hi < 1.5
+    assert verdict(0.1, 0.5, 3) == "holds" and verdict(0.1, 0.5, 3, -1) == "fails"
+    assert verdict(-0.1, 0.5, 5) == "inconclusive" and verdict(0.1, 0.5, 2) == "inconclusive"
