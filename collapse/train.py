@@ -237,7 +237,8 @@ class Trainer:
                     teachers=[t.state_dict() for t in self.ctx.teachers],
                     metrics=self.metrics, probes=self.probes, timing=self.timing,
                     loss_sums=self.loss_sums, loss_count=self.loss_count,
-                    method=self.method.state_dict(), unlabeled_subset=self.batches.unlabeled_subset)
+                    method=self.method.state_dict(), unlabeled_subset=self.batches.unlabeled_subset,
+                    gallery=self.prober.gallery)
 
     def load_state(self, s):
         self.step = s["step"]
@@ -253,6 +254,7 @@ class Trainer:
         self.loss_sums, self.loss_count = s["loss_sums"], s["loss_count"]
         self.method.load_state_dict(self.ctx, s["method"])
         self.batches.unlabeled_subset = s["unlabeled_subset"]
+        self.prober.gallery = s.get("gallery", [])
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self):
@@ -302,6 +304,12 @@ class Trainer:
         runs.atomic_write_parquet(self.run.file("metrics.parquet"), pd.DataFrame(
             self.metrics, columns=["step", "split", "name", "value"]))
         runs.atomic_write_parquet(self.run.file("probes.parquet"), pd.DataFrame(self.probes, columns=PROBE_COLUMNS))
+        if self.prober.gallery:  # a few unlabeled crops' heatmaps at every probe: collapse you can see
+            g = self.prober.gallery
+            runs.atomic_write_bytes_from(self.run.file("gallery.npz"), lambda f: np.savez_compressed(
+                f, step=np.array([s for s, _, _ in g]), heat=torch.stack([h for _, h, _ in g]).numpy(),
+                joints=torch.stack([j for _, _, j in g]).numpy(), stride=self.batches.stride,
+                crops=self.prober.gallery_crops.round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()))
         runs.atomic_torch_save(self.run.file("checkpoint.pt"), self.state())
 
     def check_finite(self, means):
