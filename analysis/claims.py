@@ -34,18 +34,40 @@ FACTORS = [  # dual vs single, one factor at a time (configs/grids/dual_vs_singl
     ("F5", "two inits vs one, dual 1:2", "dual", "dual (one init)"),
     ("F6", "two inits vs one, dual 1:1", "dual (sup 1)", "dual (sup 1) (one init)")]
 COLUMNS = ["claim", "statement", "runs", "setting", "seeds", "effect_AP", "low", "high", "interval",
-           "effect_response", "collapsed", "verdict"]
+           "effect_response", "collapsed", "verdict", "why"]
+WHY_TAU = 0.5  # the pseudo-label threshold the `why` column quotes (collapse/probes.py PL_TAUS)
+
+
+RUN_COLUMNS = ["run", "label", "seed", "setting", "AP", "AP_ens", "vs_supervised", "collapsed",
+               "quantity0", "quantity1", "quality0", "quality1"]
 
 
 def run_table(runs, metrics, probes):
-    """One row per finished run: run, label, seed, setting (across seeds), AP, AP_ens, vs_supervised, collapsed."""
+    """One row per finished run: run, label, seed, setting (across seeds), AP, AP_ens, vs_supervised,
+    collapsed, and the pseudo-label quantity / quality (tau WHY_TAU) of net 0 at its first and last probe."""
     runs = runs[runs.status.isin(["done", "collapsed"])].reset_index(drop=True)
     if runs.empty:
-        return pd.DataFrame(columns=["run", "label", "seed", "setting", "AP", "AP_ens", "vs_supervised", "collapsed"])
+        return pd.DataFrame(columns=RUN_COLUMNS)
     t = collapse_table(runs, probes, metrics)
     info = runs.assign(setting=setting_key(runs, across_seeds=True), AP_ens=final_ap(runs, metrics, "AP/ens").values)
     t = t.merge(info[["run", "setting", "AP_ens"]], on="run")
-    return t[["run", "label", "seed", "setting", "AP", "AP_ens", "vs_supervised", "collapsed"]]
+    p = probes[(probes.split == "unlabeled") & (probes.net == 0) & (probes.joint == -1) & (probes.param == WHY_TAU)
+               & probes.name.isin(["pl_quantity", "pl_quality"])].sort_values("step")
+    ends = p.groupby(["run", "name"]).value.agg(["first", "last"]).unstack("name")
+    for col, (end, name) in {"quantity0": ("first", "pl_quantity"), "quantity1": ("last", "pl_quantity"),
+                             "quality0": ("first", "pl_quality"), "quality1": ("last", "pl_quality")}.items():
+        t[col] = t.run.map(ends[(end, name)]) if (end, name) in ends else np.nan
+    return t[RUN_COLUMNS]
+
+
+def why(A):
+    """What the probes say about the runs of side a: their pseudo-labels' quantity and quality, first -> last."""
+    q = A[["quantity0", "quantity1", "quality0", "quality1"]].mean()
+    if q.isna().all():
+        return ""
+    f = lambda v: "–" if pd.isna(v) else f"{v:.2f}"
+    return (f"quantity {f(q.quantity0)}→{f(q.quantity1)}, quality {f(q.quality0)}→{f(q.quality1)} "
+            f"(peak > {WHY_TAU:g})")
 
 
 def describe(runs, settings):
@@ -80,7 +102,7 @@ def compare(table, names, claim, statement, a, b, direction, value="AP", b_value
             v = collapse_rule(v, collapsed, n)
         rows.append(dict(claim=claim, statement=statement, runs=f"{a} - {b}", setting=names[setting], seeds=n,
                          effect_AP=100 * mean, low=100 * lo, high=100 * hi, interval=how, effect_response=resp,
-                         collapsed=f"{collapsed}/{n}", verdict=v))
+                         collapsed=f"{collapsed}/{n}", verdict=v, why=why(A)))
     return rows or [dict(claim=claim, statement=statement, runs=f"{a} - {b}", verdict="no runs")]
 
 

@@ -27,7 +27,7 @@ def demo_table(results_dir, names):
     for run, ap in zip(runs.run, ens):
         if pd.notna(ap):  # the two nets' averaged heatmaps, as the paper's code evaluates (net 0 is the run's row)
             label = t.index[t.run == run][0]
-            rows.loc[f"{label} (ensemble)"] = dict(AP=ap, response_vs_sup=float("nan"), collapsed=False,
+            rows.loc[f"{label} (ensemble)"] = dict(AP=ap, response_vs_sup=float("nan"), collapsed="",
                                                    collapse_step=None)
     rows = rows.loc[sorted(rows.index, key=_order)]
     rows.insert(1, "dAP", rows.AP - rows.loc["supervised", "AP"])

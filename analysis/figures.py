@@ -200,6 +200,85 @@ def _order(label):
     return (ORDER.index(base) if base in ORDER else len(ORDER), label)
 
 
+# -- collapse you can see: predicted heatmaps of fixed unlabeled crops ---------------------------------
+def _galleries(runs):
+    """label -> that label's gallery.npz (lowest seed, finished or not), in plot order."""
+    import os
+    out = {}
+    rows = runs.assign(seed=runs.get("train.seed", 0)).sort_values("seed")
+    for label, path in zip(rows.label, rows.path):
+        f = os.path.join(path, "gallery.npz")
+        if label not in out and os.path.exists(f):
+            out[label] = dict(np.load(f))
+    return {k: out[k] for k in sorted(out, key=_order)}
+
+
+def _heatmap_panel(ax, crop, heat, joints, stride):
+    """The crop, its summed-joint heatmap (max over joints) overlaid, and the decoded skeleton."""
+    from collapse.data.skeleton import LIMBS
+    h, w = crop.shape[:2]
+    ax.imshow(crop, extent=(0, w, h, 0))
+    ax.imshow(heat.astype(np.float32), extent=(0, w, h, 0), cmap="magma", alpha=0.55, vmin=0, vmax=1)
+    seen = joints[:, 2] > 0.2  # joints the net calls visible: its peak above 0.2
+    for a, b in LIMBS:
+        if seen[a] and seen[b]:
+            ax.plot(joints[[a, b], 0], joints[[a, b], 1], color="#7fdbff", lw=0.8)
+    ax.scatter(joints[seen, 0], joints[seen, 1], s=4, c="#7fdbff", lw=0)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def gallery_figure(runs, stem):
+    """Rows = fixed unlabeled crops, columns = methods: the final step's heatmaps and decoded skeletons."""
+    fig = gallery_panels(runs)
+    return save(fig, stem) if fig is not None else []
+
+
+def gallery_panels(runs):
+    plt = setup()
+    g = _galleries(runs)
+    if not g:
+        return None
+    crops = next(iter(g.values()))["crops"]
+    fig, axes = plt.subplots(len(crops), len(g), figsize=(1.2 * len(g) + 0.4, 1.6 * len(crops)), squeeze=False)
+    for c, (label, d) in enumerate(g.items()):
+        for r in range(len(crops)):
+            _heatmap_panel(axes[r, c], d["crops"][r], d["heat"][-1, r], d["joints"][-1, r], int(d["stride"]))
+        axes[0, c].set_title(f"{label}\nstep {int(d['step'][-1])}", fontsize=6)
+    fig.suptitle("unlabeled crops at the final step: heatmap (max over joints) and decoded joints (peak > 0.2)",
+                 fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def evolution_figure(runs, stem, crop=0, columns=8):
+    """Rows = methods, columns = probe steps: one unlabeled crop's heatmap as training goes on."""
+    fig = evolution_panels(runs, crop, columns)
+    return save(fig, stem) if fig is not None else []
+
+
+def evolution_panels(runs, crop=0, columns=8):
+    plt = setup()
+    g = _galleries(runs)
+    if not g:
+        return None
+    steps = next(iter(g.values()))["step"]
+    picks = np.unique(np.linspace(0, len(steps) - 1, min(columns, len(steps))).round().astype(int))
+    fig, axes = plt.subplots(len(g), len(picks), figsize=(1.0 * len(picks) + 0.6, 1.35 * len(g)), squeeze=False)
+    for r, (label, d) in enumerate(g.items()):
+        for c, k in enumerate(picks):
+            k = min(k, len(d["step"]) - 1)
+            _heatmap_panel(axes[r, c], d["crops"][crop], d["heat"][k, crop], d["joints"][k, crop], int(d["stride"]))
+            if r == 0:
+                axes[r, c].set_title(f"step {int(d['step'][k])}", fontsize=6)
+        axes[r, 0].set_ylabel(label, fontsize=6)
+    fig.suptitle("one unlabeled crop's heatmap as training goes on: does it fade to background?", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def write_figures(results_dir, out_dir):
     """Every figure of a results folder into out_dir (PNG + PDF each); returns the written paths."""
     import os
@@ -216,4 +295,6 @@ def write_figures(results_dir, out_dir):
     varies = lambda c: c in runs and runs[c].nunique() > 1
     if varies("data.sigma") and varies("method.unsup_weight"):
         paths += phase_diagram_figure(runs, metrics, probes, j("phase_diagram"))
+    paths += gallery_figure(runs, j("heatmap_gallery"))
+    paths += evolution_figure(runs, j("heatmap_evolution"))
     return paths

@@ -97,13 +97,32 @@ def test_figures_are_written_nonempty_and_deterministic(results, tmp_path):
     assert main(["figures", results, "--out", str(a)]) == 0
     assert main(["figures", results, "--out", str(b)]) == 0
     names = sorted(os.listdir(a))
-    stems = {"collapse_curves", "response_distributions", "boundary_drift", "final_ap"}
+    stems = {"collapse_curves", "response_distributions", "boundary_drift", "final_ap", "heatmap_gallery",
+             "heatmap_evolution"}
     assert names == sorted(f"{s}.{e}" for s in stems for e in ("pdf", "png"))
     for n in names:
         data = (a / n).read_bytes()
         assert len(data) > 10_000 and data == (b / n).read_bytes(), n
     pdf = (a / "collapse_curves.pdf").read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts embedded, no Type 3
+
+
+def test_heatmap_gallery_and_evolution_draw_one_column_per_method(results):
+    from analysis.figures import evolution_panels, gallery_panels
+    from collapse.probes import GALLERY
+    runs, _, _ = analysis.load(results)
+    labels = ["supervised", "consistency (w 10)", "dual"]  # plot order
+    fig = gallery_panels(runs)
+    assert len(fig.axes) == GALLERY * 3
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes[:3]] == labels
+    assert all(ax.get_title().endswith("step 300") for ax in fig.axes[:3])
+    assert all(len(ax.images) == 2 for ax in fig.axes)  # the crop and its heatmap in every panel
+    evo = evolution_panels(runs, columns=5)
+    assert len(evo.axes) == 3 * 5 and [evo.axes[5 * r].get_ylabel() for r in range(3)] == labels
+    assert [ax.get_title() for ax in evo.axes[:5]] == ["step 0", "step 75", "step 150", "step 225", "step 300"]
+    # what it draws is the run's own heatmaps: the first panel's overlay is the stored final heatmap
+    g = np.load(os.path.join(results, "supervised", "gallery.npz"))
+    assert np.array_equal(fig.axes[0].images[1].get_array(), g["heat"][-1, 0].astype(np.float32))
 
 
 def test_report_table_layout(results, tmp_path, capsys):

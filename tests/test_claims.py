@@ -17,7 +17,7 @@ from collapse.runs import run_id
 STEPS = [0, 100, 200, 300, 400]
 
 
-def fake_run(results, name, ap, response, seed, method="supervised", ap_ens=None, **config):
+def fake_run(results, name, ap, response, seed, method="supervised", ap_ens=None, quantity=None, **config):
     """A finished run folder with a final AP and an unlabeled peak-response curve (one value per STEPS)."""
     cfg = Config().to_dict()
     cfg["method"]["name"] = method
@@ -33,8 +33,11 @@ def fake_run(results, name, ap, response, seed, method="supervised", ap_ens=None
               open(os.path.join(folder, "manifest.json"), "w"))
     pd.DataFrame([dict(step=STEPS[-1], split="val", name=k, value=v) for k, v in final.items()]).to_parquet(
         os.path.join(folder, "metrics.parquet"))
-    pd.DataFrame([(s, "unlabeled", 0, -1, "max_response", np.nan, r) for s, r in zip(STEPS, response)],
-                 columns=PROBE_COLUMNS).to_parquet(os.path.join(folder, "probes.parquet"))
+    rows = [(s, "unlabeled", 0, -1, "max_response", np.nan, r) for s, r in zip(STEPS, response)]
+    if quantity is not None:  # the pseudo-label probes: quantity falls as given, quality stays at 0.7
+        rows += [(s, "unlabeled", 0, -1, "pl_quantity", 0.5, q) for s, q in zip(STEPS, quantity)]
+        rows += [(s, "unlabeled", 0, -1, "pl_quality", 0.5, 0.7) for s in STEPS]
+    pd.DataFrame(rows, columns=PROBE_COLUMNS).to_parquet(os.path.join(folder, "probes.parquet"))
 
 
 FLAT, FADE = [0.5, 0.6, 0.6, 0.6, 0.6], [0.5, 0.6, 0.2, 0.1, 0.05]
@@ -50,7 +53,7 @@ def folder(tmp_path):
     for s in range(5):
         sup = 0.05 + 0.01 * s
         fake_run(r, f"sup{s}", sup, FLAT, s)
-        fake_run(r, f"cons{s}", sup - 0.02 - 0.001 * s, FADE, s, "consistency")
+        fake_run(r, f"cons{s}", sup - 0.02 - 0.001 * s, FADE, s, "consistency", quantity=[0.6, 0.6, 0.3, 0.1, 0.0])
         fake_run(r, f"eh{s}", sup + 0.01 + 0.002 * s, FLAT, s, "easy_hard")
         fake_run(r, f"tau{s}", sup + 0.03, FLAT, s, "threshold", method__tau=0.2)
         fake_run(r, f"dual{s}", sup + 0.01 + 0.002 * s + (0.004 if s % 2 else -0.004), FLAT, s, "dual",
@@ -73,6 +76,7 @@ def test_every_verdict_kind(folder):
     assert c1.verdict == "holds" and c1.seeds == 5 and c1.collapsed == "5/5"
     assert c1.effect_AP == pytest.approx(-100 * np.mean([0.02 + 0.001 * s for s in range(5)]))
     assert c1.low < c1.effect_AP < c1.high < 0 and c1.interval == "t"
+    assert c1.why == "quantity 0.60→0.00, quality 0.70→0.70 (peak > 0.5)"  # the mechanism beside the verdict
     assert _row(t, "C3").verdict == "holds" and _row(t, "C3").low > 0
     assert _row(t, "C2 A1").verdict == "fails"                     # clearly above supervised, never collapsed
     c4 = _row(t, "C4")
