@@ -23,12 +23,13 @@ def demo_table(results_dir, names):
         raise DataError("the supervised run did not finish, so there is no reference for the table")
     t = t.set_index("label").loc[sorted(t.label, key=_order)]
     rows = t[["AP", "vs_supervised", "collapsed", "collapse_step"]].rename(columns={"vs_supervised": "response_vs_sup"})
+    rows = rows.astype({"collapsed": object, "collapse_step": object})  # the ensemble rows leave them blank
     ens = final_ap(runs, metrics, "AP/ens")
     for run, ap in zip(runs.run, ens):
         if pd.notna(ap):  # the two nets' averaged heatmaps, as the paper's code evaluates (net 0 is the run's row)
             label = t.index[t.run == run][0]
             rows.loc[f"{label} (ensemble)"] = dict(AP=ap, response_vs_sup=float("nan"), collapsed="",
-                                                   collapse_step=None)
+                                                   collapse_step="")
     rows = rows.loc[sorted(rows.index, key=_order)]
     rows.insert(1, "dAP", rows.AP - rows.loc["supervised", "AP"])
     rows.index.name = "method"
