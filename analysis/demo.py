@@ -1,7 +1,5 @@
 """The demo's table and collapse-curve figure, from the analysis package's one detector and one final AP,
 so `collapse demo`, `collapse report` and `analysis.collapse_table` can never disagree on the same runs."""
-import os
-
 import pandas as pd
 
 from collapse.data.coco import DataError

@@ -4,7 +4,7 @@ Its table and figure come from the analysis package (analysis/demo.py)."""
 import os
 
 from .grid import FINISHED, expand, run_grid
-from .train import ensure_data
+from .data.splits import ensure_data
 
 GRID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "grids", "demo.yaml")
 RELATIVE_COST = {"supervised": 1, "dual": 4, "consistency": 2.4}  # per step, others about 2

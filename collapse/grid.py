@@ -282,7 +282,7 @@ def visible_gpus():
 def run_local(runs, results, jobs=None, threads=None):
     """Run the pending runs in subprocesses: one per visible GPU, or `jobs` at once on CPU (default 1)
     with `threads` CPU threads each (default: the cores divided among the jobs)."""
-    from .train import ensure_data
+    from .data.splits import ensure_data
     for cfg in {(r.cfg.data.root, r.cfg.data.train_split, tuple(r.cfg.data.input_size)): r.cfg for r in runs}.values():
         try:
             ensure_data(cfg)  # once here, not by every parallel run at the same time

@@ -42,7 +42,7 @@ def test_splits_sizes_determinism_and_agreement_with_the_trainer(coco_root):
     rand100 = json.load(open(coco_root / "splits" / "random_100.json"))["ann_ids"]
     assert len(set(rand100)) == 100 and set(rand100) <= set(int(i) for i in ids)
     # the trainer's data.split=random draws the same instances as the named split file
-    from collapse.train import split_rows
+    from collapse.data.splits import split_rows
     cfg = config.load("configs/demo.yaml", ["data.labeled=50", "data.split=random"])
     lab, unl = split_rows(cfg, len(ids))
     assert [int(i) for i in ids[lab]] == rand and not set(lab) & set(unl) and len(lab) + len(unl) == len(ids)

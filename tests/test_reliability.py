@@ -123,7 +123,7 @@ def test_two_grid_processes_on_one_folder_run_each_run_once(synth_root, tmp_path
     g = _grid(tmp_path, synth_root, [{"method.name": n} for n in ("supervised", "consistency", "easy_hard", "threshold")])
     out = str(tmp_path / "r")
     from collapse.grid import expand
-    from collapse.train import ensure_data
+    from collapse.data.splits import ensure_data
     runs = expand(g, out)
     ensure_data(runs[0].cfg)
     # a stale claim left by a dead process is recovered

@@ -1,0 +1,78 @@
+"""The data a run trains and is evaluated on: the crop stores (prepared once, reused by every run) and
+which of their rows are labeled, unlabeled and validated. Data code: the trainer, grids and the demo
+call it; it never trains."""
+import os
+
+import numpy as np
+
+from ..config import Config
+from . import synthetic
+from .coco import DataError, annotation_path, image_dir, load_coco, person_instances
+from .prepare_coco import detection_split
+from .store import build as build_store, store_path
+
+
+def ensure_data(cfg: Config, progress=False):
+    """Prepare the synthetic set if it is the source and absent; build (or reuse) the crop stores:
+    (train, val) or (train, val, unlabeled pool)."""
+    d = cfg.data
+    if d.source == "synthetic" and not synthetic.is_prepared(d.root):
+        synthetic.prepare(d.root, d.synthetic_train, d.synthetic_val, d.synthetic_seed)
+    elif not os.path.isdir(d.root):
+        raise DataError(f"data folder not found: {d.root}")
+    hw = tuple(d.input_size)
+    splits = [(d.train_split, True), (d.val_split, True)] + ([(d.unlabeled_split, False)] if d.unlabeled_split else [])
+    # every annotation file is checked before any store is built: a bad one leaves nothing behind
+    for split, labeled in splits:
+        if not os.path.exists(os.path.join(store_path(d.root, split, hw, d.store_margin), "info.json")):
+            path = annotation_path(d.root, split)
+            person_instances(load_coco(path), path, labeled)
+            image_dir(d.root, split)
+    train = build_store(d.root, d.train_split, hw, d.store_margin, progress)
+    val = build_store(d.root, d.val_split, hw, d.store_margin, progress)
+    if cfg.eval.boxes:  # evaluate on detected boxes: a keypoint-less split of the val images
+        name = f"{d.val_split}_dets_{os.path.splitext(os.path.basename(cfg.eval.boxes))[0]}_s{cfg.eval.box_score:g}"
+        if not os.path.exists(annotation_path(d.root, name)):
+            detection_split(d.root, annotation_path(d.root, d.val_split), cfg.eval.boxes, name, cfg.eval.box_score)
+        os.makedirs(os.path.join(d.root, "images"), exist_ok=True)
+        link = os.path.join(d.root, "images", name)  # the detection split reads the val split's images
+        if not os.path.exists(link):
+            os.symlink(os.path.abspath(image_dir(d.root, d.val_split)), link)
+        val = build_store(d.root, name, hw, d.store_margin, progress, require_keypoints=False)
+    stores = (train, val)
+    if d.unlabeled_split:
+        stores += (build_store(d.root, d.unlabeled_split, hw, d.store_margin, progress, require_keypoints=False),)
+    return stores
+
+
+def labeled_order(cfg: Config, n_train):
+    """Train instance rows in labeling order: file order (the paper's first-N split) or a seeded shuffle."""
+    if cfg.data.split == "first":
+        return np.arange(n_train)
+    return np.random.default_rng(cfg.data.split_seed).permutation(n_train)
+
+
+def split_rows(cfg: Config, n_train, n_pool=None):
+    """(labeled rows, unlabeled rows): the first `labeled` instances of the labeling order; the pool is the
+    rest of them, or, with data.unlabeled_split, all `n_pool` rows of that split (either cut to `unlabeled`)."""
+    d = cfg.data
+    n_lab = n_train if d.labeled == -1 else d.labeled
+    if n_lab > n_train:
+        raise DataError(f"data.labeled={d.labeled} is larger than the {n_train} training instances")
+    order = labeled_order(cfg, n_train)
+    rest = order[n_lab:] if n_pool is None else np.arange(n_pool)
+    if d.unlabeled != -1:
+        rest = rest[: d.unlabeled]
+    return np.sort(order[:n_lab]), rest
+
+
+def val_rows(cfg: Config, store):
+    """The first `val` instances, extended to whole images so every person of an evaluated image is predicted."""
+    n = len(store)
+    if cfg.data.val == -1 or cfg.data.val >= n:
+        return np.arange(n)
+    img = store.meta["image_id"]
+    stop = cfg.data.val
+    while stop < n and img[stop] == img[stop - 1]:
+        stop += 1
+    return np.arange(stop)
