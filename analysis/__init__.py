@@ -6,7 +6,7 @@
     analysis.write_figures("results/demo", "figures/")
     analysis.claims("results/demo")                # the paper's claims: paired effects, 95% intervals, verdicts
 """
-from .collapse import collapse_curves, collapse_table, final_ap
+from .detector import collapse_curves, collapse_table, final_ap
 from .drift import boundary_drift, response_histograms
 from .results import NotResults, load, run_folders
 

@@ -1,7 +1,7 @@
 """`collapse claims`: which of the paper's claims a results folder supports, by how much, and how sure.
 
 Runs speak to a claim only in pairs: the same setting apart from the method (data, model, augmentation,
-schedule, warm start; analysis.collapse.setting_key) and the same seed. Each row gives the paired
+schedule, warm start; analysis.detector.setting_key) and the same seed. Each row gives the paired
 difference over seeds (final OKS AP in points x 100, and the unlabeled peak response relative to
 supervised), its 95% interval (analysis.stats: t below 10 seeds, bootstrap from 10) and a verdict:
 holds, fails, inconclusive (the interval spans zero, or fewer than 3 seeds), or "no runs" when the
@@ -17,7 +17,7 @@ import pandas as pd
 
 from collapse.runs import atomic_write_json, atomic_write_text
 
-from .collapse import collapse_table, final_ap, setting_columns, setting_key
+from .detector import collapse_table, final_ap, setting_columns, setting_key
 from .results import load
 from .stats import MIN_SEEDS, paired_interval, verdict
 

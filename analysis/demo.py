@@ -5,7 +5,7 @@ import pandas as pd
 from collapse.data.coco import DataError
 from collapse.runs import atomic_write_bytes_from
 
-from .collapse import collapse_curves, collapse_table, final_ap
+from .detector import collapse_curves, collapse_table, final_ap
 from .figures import _order
 from .results import load
 

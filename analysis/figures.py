@@ -41,7 +41,7 @@ def _style(label):
 
 def _lines(ax, frame, value, palette, marker=None):
     """One line per label (mean over seeds), shaded +-1 std where there are several seeds."""
-    from .collapse import mean_over_seeds
+    from .detector import mean_over_seeds
     for label in palette:
         d = frame[frame.label == label]
         if not len(d):
@@ -56,7 +56,7 @@ def _lines(ax, frame, value, palette, marker=None):
 
 def collapse_curves_figure(runs, metrics, probes, stem):
     """Unlabeled mean max response, the collapse index, and val AP vs step, one line per method."""
-    from .collapse import collapse_curves, COLLAPSE_RATIO
+    from .detector import collapse_curves, COLLAPSE_RATIO
     plt = setup()
     curves = collapse_curves(runs, probes)
     palette = _palette(sorted(curves.label.unique(), key=_order))
@@ -130,7 +130,7 @@ def boundary_drift_figure(runs, probes, stem, split="unlabeled"):
 
 def final_ap_figure(runs, metrics, stem):
     """Final AP per method, mean over seeds with the seeds' std as error bars (one group per labeled size)."""
-    from .collapse import final_ap
+    from .detector import final_ap
     plt = setup()
     t = runs.assign(AP=final_ap(runs, metrics).values, labeled=runs.get("data.labeled", -1)).dropna(subset=["AP"])
     labels = sorted(t.label.unique(), key=_order)
@@ -159,7 +159,7 @@ def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.
     """Per method: final AP over the x-y plane (heatmap sigma x unsupervised weight), with the final
     unlabeled response relative to supervised ('resp.'); collapsed cells crossed out: does collapse
     vanish as the foreground share grows?"""
-    from .collapse import collapse_table
+    from .detector import collapse_table
     plt = setup()
     t = collapse_table(runs, probes, metrics).merge(runs[["run", "method", x, y]], on="run")
     t = t[t.method != "supervised"]

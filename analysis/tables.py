@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .collapse import final_ap
+from .detector import final_ap
 from .results import load
 
 

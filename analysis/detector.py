@@ -11,7 +11,6 @@ A run's collapse step is the earlier of the two (None if neither fires).
 """
 import os
 
-import numpy as np
 import pandas as pd
 
 from collapse.runs import final_value
@@ -104,7 +103,3 @@ def mean_over_seeds(frame, value, by=("label", "step")):
     """Mean and std over seeds of `value`, per (label, step) or any grouping."""
     g = frame.groupby(list(by))[value]
     return g.mean().rename("mean").to_frame().join(g.std().fillna(0).rename("std")).reset_index()
-
-
-def is_finite(x):
-    return x is not None and np.isfinite(x)
