@@ -70,7 +70,10 @@ def collapse_curves_figure(runs, metrics, probes, stem):
     axes[1].set_ylabel("collapse index (response / own peak)")
     _lines(axes[2], ap, "value", palette, marker="o")
     axes[2].set_ylabel("validation OKS AP")
-    axes[2].legend(ncol=1, loc="best")
+    if len(palette) <= 8:
+        axes[2].legend(ncol=1, loc="best")
+    else:  # many methods: the legend beside the panels, not over the curves
+        axes[2].legend(ncol=1 + len(palette) // 16, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     return save(fig, stem)
 
