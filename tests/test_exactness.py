@@ -230,3 +230,25 @@ def test_dual_from_one_initialisation_is_exactly_easy_hard(synth_root, tmp_path)
     single = open(os.path.join(outs["easy_hard"], "predictions", "step0000006.json")).read()
     dual = open(os.path.join(outs["dual"], "predictions", "step0000006_net0.json")).read()
     assert single == dual
+
+
+def test_the_share_of_visible_joints_outside_the_teacher_field_is_counted(synth_root):
+    """stat/joints_outside_field: visible joints that fall where the field is 0 (those the unmasked loss
+    would teach as background), over the visible joints inside the student's view."""
+    from collapse.methods.base import Method
+    _, ctx, unl = _setup(synth_root, name="easy_hard")
+    n = len(unl["crops"])
+    h, w = ctx.batches.heatmap_hw
+    sv = View(None, unl["base"], torch.zeros(n, dtype=torch.bool))  # the plain view: store -> input
+    field = torch.ones(n, 1, h, w)
+    field[..., : w // 2] = 0  # the teacher "saw" only the right half
+    kp = unl["keypoints"].clone()
+    kp[..., 2] = 2
+    kp[:, :4, :2] = torch.tensor([4.0, 30.0])                 # four joints per crop on the left half ...
+    kp[:, 4:, :2] = torch.tensor([40.0, 30.0])                # ... thirteen on the right half
+    kp[:, :4] += torch.cat([-unl["base"][:, None, :2, 2], torch.zeros(n, 1, 1)], -1)  # in store coordinates
+    kp[:, 4:] += torch.cat([-unl["base"][:, None, :2, 2], torch.zeros(n, 1, 1)], -1)
+    kp[:, 16, 2] = 0                                           # one invisible joint does not count
+    stats = Method.outside_share(ctx, dict(unl, keypoints=kp), sv, field)
+    assert float(stats["stat/joints_outside_field"]) == pytest.approx(4 / 16)
+    assert float(stats["stat/outside_field"]) == pytest.approx(0.5)

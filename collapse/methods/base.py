@@ -94,6 +94,19 @@ class Method:
         return ctx.batches.transport(teacher_heat.detach().float(), tv.A, tv.flip, sv.A, sv.flip)
 
     @staticmethod
-    def outside_share(field):
-        """The share of student pixels outside the teacher's field (they carry no loss), as a statistic."""
-        return {STAT + "outside_field": 1 - field.detach().mean()}
+    def outside_share(ctx, unl, sv, field):
+        """Statistics of the field mask: the share of student pixels outside the teacher's field (they carry
+        no loss), and the share of visible joints that lie there (the joints the unmasked loss would teach
+        as background; ground truth read for this statistic only, never for a loss)."""
+        pixels = {STAT + "outside_field": 1 - field.detach().mean()}
+        if "keypoints" not in unl:  # not a pose batch (the 2-D toy)
+            return pixels
+        b = ctx.batches
+        kp = unl["keypoints"]
+        cell = (transform_points(sv.A, kp[..., :2].to(sv.A.dtype)) / b.stride).floor().long()  # heatmap pixel
+        h, w = b.heatmap_hw
+        seen = (kp[..., 2] > 0) & (cell[..., 0] >= 0) & (cell[..., 0] < w) & (cell[..., 1] >= 0) & (cell[..., 1] < h)
+        flat = field.detach()[:, 0].flatten(1)
+        at = flat.gather(1, (cell[..., 1].clamp(0, h - 1) * w + cell[..., 0].clamp(0, w - 1)))
+        lost = ((at == 0) & seen).sum() / seen.sum().clamp(min=1)
+        return {**pixels, STAT + "joints_outside_field": lost}

@@ -22,7 +22,7 @@ class Consistency(Method):
         b = self.student_view(ctx, unl, "fresh")
         pa, pb = net(a.image).float(), net(b.image).float()
         moved, field = ctx.batches.transport(pa, a.A, a.flip, b.A, b.flip)  # gradient through both
-        return {"unsup": heatmap_mse(pb, moved, field), **self.outside_share(field)}
+        return {"unsup": heatmap_mse(pb, moved, field), **self.outside_share(ctx, unl, b, field)}
 
 
 class TeacherStudent(Method):
@@ -51,7 +51,7 @@ class TeacherStudent(Method):
         extra = self.weight(confidence, target)
         pred = ctx.nets[0](x).float()
         return {"unsup": heatmap_mse(pred, target, field if extra is None else field * extra),
-                **self.outside_share(field)}
+                **self.outside_share(ctx, unl, sv, field)}
 
 
 @register("mean_teacher")
@@ -128,4 +128,4 @@ class Dual(Method):
             x = self.cut(ctx, sv.image, other, tv, sv)
             target, field = self.target(ctx, other, tv, sv)
             terms[f"unsup{i}"] = heatmap_mse(net(x).float(), target, field)
-        return {**terms, **self.outside_share(field)}
+        return {**terms, **self.outside_share(ctx, unl, sv, field)}

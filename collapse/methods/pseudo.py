@@ -104,7 +104,7 @@ class PseudoLabelBase(Method):
         # the teacher labeled the plain view: where the student's view shows what it never saw, no loss
         field = ctx.batches.field(unl["base"], v.A)
         return {"unsup": heatmap_mse(ctx.nets[0](v.image).float(), target, weight[..., None, None] * field),
-                **self.outside_share(field)}
+                **self.outside_share(ctx, unl, v, field)}
 
     def relabel(self, ctx, net, rows=None):
         """Pseudo-label the pool (or only `rows` of it) with `net`, keeping the other rows' labels."""
