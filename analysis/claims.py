@@ -124,11 +124,11 @@ def _at_or_below_or_collapses(v, collapsed, n):
 def trend(table, runs, label="consistency", along="data.sigma"):
     """C6: per seed (and other setting), the least-squares slope of `label`'s response vs supervised over
     `along`; rows of the interval over seeds of that slope (claim: it rises)."""
-    t = table.merge(runs[["run", along, "method.unsup_weight"]].assign(
-        rest=setting_key(runs, across_seeds=True, without=(along,))), on="run")
+    t = table.merge(runs[["run", along]].assign(  # unsup_weight: a column only where some run's method reads it
+        weight=runs.get("method.unsup_weight", 1.0), rest=setting_key(runs, across_seeds=True, without=(along,))), on="run")
     t = t[t.label.str.split(" ").str[0] == label]
     rows = []
-    for (rest, weight), g in t.groupby(["rest", "method.unsup_weight"]):
+    for (rest, weight), g in t.groupby(["rest", "weight"]):
         if g[along].nunique() < 2:
             continue
         slopes = [np.polyfit(s[along].astype(float), s.vs_supervised, 1)[0] for _, s in g.groupby("seed")

@@ -6,7 +6,7 @@ from collapse.data.coco import DataError
 from collapse.runs import atomic_write_bytes_from
 
 from .detector import collapse_curves, collapse_table, final_ap
-from .figures import _order
+from .results import method_order
 from .results import load
 
 
@@ -19,7 +19,7 @@ def demo_table(results_dir, names):
     t = collapse_table(runs, probes, metrics)
     if "supervised" not in set(t.label):
         raise DataError("the supervised run did not finish, so there is no reference for the table")
-    t = t.set_index("label").loc[sorted(t.label, key=_order)]
+    t = t.set_index("label").loc[sorted(t.label, key=method_order)]
     rows = t[["AP", "vs_supervised", "collapsed", "collapse_step"]].rename(columns={"vs_supervised": "response_vs_sup"})
     rows = rows.astype({"collapsed": object, "collapse_step": object})  # the ensemble rows leave them blank
     ens = final_ap(runs, metrics, "AP/ens")
@@ -28,7 +28,7 @@ def demo_table(results_dir, names):
             label = t.index[t.run == run][0]
             rows.loc[f"{label} (ensemble)"] = dict(AP=ap, response_vs_sup=float("nan"), collapsed="",
                                                    collapse_step="")
-    rows = rows.loc[sorted(rows.index, key=_order)]
+    rows = rows.loc[sorted(rows.index, key=method_order)]
     rows.insert(1, "dAP", rows.AP - rows.loc["supervised", "AP"])
     rows.index.name = "method"
     return rows
@@ -45,7 +45,7 @@ def demo_figure(results_dir, names, path_stem):
     curves = collapse_curves(runs, probes)
     val = metrics[(metrics.split == "val") & metrics.name.isin(["AP", "AP/net0"]) & metrics.run.isin(runs.run)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for run, label in sorted(zip(runs.run, runs.label), key=lambda r: _order(r[1])):
+    for run, label in sorted(zip(runs.run, runs.label), key=lambda r: method_order(r[1])):
         style = dict(label=label, ls="--" if label == "supervised" else "-")
         c = curves[curves.run == run].sort_values("step")
         axes[0].plot(c.step, c.response, **style)

@@ -3,6 +3,8 @@ import numpy as np
 
 from collapse.runs import atomic_write_bytes_from
 
+from .results import method_order
+
 
 def setup():
     import matplotlib
@@ -59,7 +61,7 @@ def collapse_curves_figure(runs, metrics, probes, stem):
     from .detector import collapse_curves, COLLAPSE_RATIO
     plt = setup()
     curves = collapse_curves(runs, probes)
-    palette = _palette(sorted(curves.label.unique(), key=_order))
+    palette = _palette(sorted(curves.label.unique(), key=method_order))
     ap = metrics[(metrics.split == "val") & metrics.name.isin(["AP", "AP/net0"])].merge(
         runs[["run", "label"]].assign(seed=runs.get("train.seed")), on="run")
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
@@ -84,7 +86,7 @@ def response_distributions_figure(runs, probes, stem, split="unlabeled"):
     plt = setup()
     h = response_histograms(runs, probes, split)
     h = h[h.edge > 0]  # the bins above 0.001; the mass at ~0 (background) would flatten every ridge
-    labels = sorted(h.label.unique(), key=_order)
+    labels = sorted(h.label.unique(), key=method_order)
     fig, axes = plt.subplots(1, len(labels), figsize=(2.3 * len(labels), 3.6), sharey=True, squeeze=False)
     cmap = plt.get_cmap("viridis")
     for ax, label in zip(axes[0], labels):
@@ -112,7 +114,7 @@ def boundary_drift_figure(runs, probes, stem, split="unlabeled"):
     plt = setup()
     d = boundary_drift(runs, probes, split)
     taus = sorted(d.tau.unique())
-    palette = _palette(sorted(d.label.unique(), key=_order))
+    palette = _palette(sorted(d.label.unique(), key=method_order))
     fig, axes = plt.subplots(2, len(taus), figsize=(2.4 * len(taus), 4.6), sharex=True, squeeze=False)
     for c, tau in enumerate(taus):
         dt = d[d.tau == tau]
@@ -136,7 +138,7 @@ def final_ap_figure(runs, metrics, stem):
     from .detector import final_ap
     plt = setup()
     t = runs.assign(AP=final_ap(runs, metrics).values, labeled=runs.get("data.labeled", -1)).dropna(subset=["AP"])
-    labels = sorted(t.label.unique(), key=_order)
+    labels = sorted(t.label.unique(), key=method_order)
     sizes = sorted(t.labeled.unique())
     fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) * len(sizes)), 3.2))
     width = 0.8 / max(len(sizes), 1)
@@ -166,7 +168,7 @@ def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.
     plt = setup()
     t = collapse_table(runs, probes, metrics).merge(runs[["run", "method", x, y]], on="run")
     t = t[t.method != "supervised"]
-    labels = sorted(t.label.unique(), key=_order)
+    labels = sorted(t.label.unique(), key=method_order)
     xs, ys = sorted(t[x].unique()), sorted(t[y].unique())
     fig, axes = plt.subplots(1, len(labels), figsize=(0.9 * len(xs) * len(labels) + 1.8, 0.8 * len(ys) + 1.6),
                              squeeze=False, layout="constrained")  # room for the labels and the colour bar
@@ -194,15 +196,6 @@ def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.
     return save(fig, stem)
 
 
-ORDER = ("supervised", "consistency", "mean_teacher", "threshold", "reweight", "easy_hard", "dual",
-         "pseudo_label", "self_training", "guided_mix")
-
-
-def _order(label):
-    base = label.split(" ")[0]
-    return (ORDER.index(base) if base in ORDER else len(ORDER), label)
-
-
 # -- collapse you can see: predicted heatmaps of fixed unlabeled crops ---------------------------------
 def _galleries(runs):
     """label -> that label's gallery.npz (lowest seed, finished or not), in plot order."""
@@ -213,7 +206,7 @@ def _galleries(runs):
         f = os.path.join(path, "gallery.npz")
         if label not in out and os.path.exists(f):
             out[label] = dict(np.load(f))
-    return {k: out[k] for k in sorted(out, key=_order)}
+    return {k: out[k] for k in sorted(out, key=method_order)}
 
 
 def _heatmap_panel(ax, crop, heat, joints, stride):

@@ -6,6 +6,7 @@ import pandas as pd
 import yaml
 
 from collapse.grid import WARM_START
+from collapse.methods import METHODS
 from collapse.probes import PROBE_COLUMNS
 
 
@@ -78,25 +79,24 @@ def load(results_dir, stages=False):
 
 
 def method_label(row):
-    """A readable name for a run's method variant: 'mean_teacher (ema 0.99)', 'dual + JC5 + RA'."""
+    """A readable name for a run's method variant: 'mean_teacher (ema 0.99)', 'dual + JC5 + RA'; each method
+    names its own variants (Method.label); a two-net method whose nets start alike says so."""
     name = row.get("method.name", row.get("method")) or "?"
-    copied = ", student's BN" if row.get("method.ema_buffers") == "copy" else ""
-    bits = {"mean_teacher": f" (ema {row.get('method.ema')}{copied})", "threshold": f" (tau {row.get('method.tau')})",
-            "easy_hard": "" if row.get("method.pair") in (None, "easy_hard") else f" ({row.get('method.pair')})"}
-    bits.update({
-        "pseudo_label": " (DataDistill)" if row.get("method.ensemble") == "transforms" else " (PseudoPose)",
-        "self_training": " (ST++)" if row.get("method.st_plus") else " (ST)",
-        "guided_mix": " (mixed teaches clean)" if row.get("method.mix_direction") == "mixed_teaches_clean" else ""})
-    label = name + bits.get(name, "")
-    if name not in ("supervised",) and row.get("method.unsup_weight") not in (None, 1.0):
-        label += f" (w {row['method.unsup_weight']:g})"
-    sup = row.get("method.sup_weight")
-    if sup is not None and sup >= 0:  # a ratio other than the method's own (-1 = its default)
-        label += f" (sup {sup:g})"
-    if row.get("train.init_same") and name in ("dual",):
+    if name not in METHODS:
+        return name
+    settings = {k.split(".", 1)[1]: v for k, v in row.items() if k.startswith("method.") and _present(v)}
+    label = METHODS[name].label({**settings, "name": name})
+    if row.get("train.init_same") and METHODS[name].nets > 1:
         label += " (one init)"
-    if row.get("method.joint_cutout"):
-        label += f" + JC{row['method.joint_cutout']}"
-    if row.get("method.randaugment"):
-        label += " + RA"
     return label
+
+
+def _present(v):
+    """A setting the run's config holds (NaN: a column from another run's method)."""
+    return not (isinstance(v, float) and v != v)
+
+
+def method_order(label):
+    """Where a label sits in tables and figures: its method's place, then the label."""
+    cls = METHODS.get(label.split(" ")[0])
+    return (cls.order if cls else len(METHODS), label)

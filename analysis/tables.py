@@ -6,19 +6,18 @@ import numpy as np
 import pandas as pd
 
 from .detector import final_ap
-from .results import load
+from .results import load, method_order
 
 
 def comparison(runs, metrics):
     """DataFrame (index label, columns labeled size) of 'mean +- std' strings, and the numeric frame."""
     t = runs.assign(AP=100 * final_ap(runs, metrics).values, labeled=runs.get("data.labeled", -1))
     t = t[t.status.isin(["done", "collapsed"])].dropna(subset=["AP"])
-    from .figures import _order
     g = t.groupby(["label", "labeled"]).AP.agg(["mean", "std", "count"]).reset_index()
     g["std"] = g["std"].fillna(0.0)
     g["cell"] = [f"{m:.1f} ± {s:.1f}" + ("" if n > 1 else " (1 seed)") for m, s, n in zip(g["mean"], g["std"], g["count"])]
     cells = g.pivot(index="label", columns="labeled", values="cell")
-    cells = cells.loc[sorted(cells.index, key=_order)]
+    cells = cells.loc[sorted(cells.index, key=method_order)]
     cells.columns = [("all" if c == -1 else f"{c} labeled") for c in cells.columns]
     return cells.fillna("–"), g
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from collapse.config import MethodConfig
+from collapse.config import method_settings
 from collapse.data.batches import View
 from collapse.methods import build_method
 
@@ -141,8 +141,10 @@ def train_toy(label, s: ToySettings, data):
     """Train one method on the toy problem; rows of (method, step, measure, value) and boundary grids."""
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed + 1)
-    cfg = MethodConfig(**METHODS[label], unsup_weight=s.unsup_weight)
-    method = build_method(cfg)
+    settings = method_settings(METHODS[label]["name"])(**METHODS[label])
+    if hasattr(settings, "unsup_weight"):  # supervised reads no unsupervised weight
+        settings.unsup_weight = s.unsup_weight
+    method = build_method(settings)
     nets = [ToyNet() for _ in range(method.nets)]
     views = ToyViews(s, gen)
     ctx = _Ctx(nets, views)

@@ -56,33 +56,6 @@ class ModelConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = "supervised"         # see collapse/methods: supervised consistency mean_teacher threshold
-                                     # reweight easy_hard dual pseudo_label self_training guided_mix
-    sup_weight: float = -1.0         # supervised weight per net (-1: the method's default, 0.5 for dual)
-    unsup_weight: float = 1.0
-    rampup: int = 0                  # steps of sigmoid ramp-up of unsup_weight (0 = constant)
-    ema: float = 0.99                # mean_teacher: teacher <- ema * teacher + (1 - ema) * student
-    ema_buffers: str = "average"     # mean_teacher: BatchNorm statistics averaged like the weights | copy (the student's)
-    tau: float = 0.6                 # threshold: joints whose teacher peak is below tau are masked
-    fg_threshold: float = 0.1        # reweight: target pixels above this are foreground ...
-    fg_weight: float = 10.0          # ... and weigh this much more than background
-    pair: str = "easy_hard"          # easy_hard: teacher view -> student view (easy_easy, hard_hard, hard_easy)
-    joint_cutout: int = 0            # patches around this many teacher-predicted joints (0 = off)
-    randaugment: bool = False        # photometric RandAugment on the student's input
-    ra_ops: int = 2
-    ra_magnitude: int = 20
-    teacher_steps: int = 0           # pseudo_label / self_training: steps of the supervised teacher stage (0: a third)
-    ensemble: str = "none"           # pseudo-labels from: none (one view) | transforms (flips x scales: DataDistill, ST's TTA)
-    pl_threshold: float = 0.2        # pseudo-labeled joints below this teacher confidence carry no loss
-    st_plus: bool = False            # self_training: ST++ reliability selection
-    select_ratio: float = 0.5        # ST++: share of unlabeled crops trained on first
-    mix_max: float = 0.5             # guided_mix: lam ~ U(0, mix_max), the labeled crop's share of the mix
-    mix_pairing: str = "random"      # guided_mix: random | nearest (pooled appearance)
-    mix_direction: str = "clean_teaches_mixed"  # guided_mix: or mixed_teaches_clean
-
-
-@dataclass
 class EvalConfig:
     flip_test: bool = False          # average with the mirrored crop's heatmaps (joints swapped)
     decode: str = "argmax"           # argmax (+ quarter-pixel shift) | dark (Taylor refinement on the log-heatmap)
@@ -122,12 +95,24 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: typing.Any = None        # the chosen method's own settings dataclass (collapse/methods), by method.name
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self):
+        if self.method is None:
+            self.method = method_settings("supervised")()
+
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def method_settings(name):
+    """The settings dataclass of method `name`. Imported here, not at the top: collapse.methods imports
+    torch and this module (ConfigError); the config stays importable on its own and quick for --help."""
+    from .methods.registry import method_class
+    from . import methods  # noqa: F401  (registers every method)
+    return method_class(name).Settings
 
 
 def _check_type(key, value, typ):
@@ -149,20 +134,31 @@ def _check_type(key, value, typ):
     return value
 
 
-def _build(cls, values, prefix=""):
+def _check_mapping(key, values):
     if not isinstance(values, dict):
-        raise ConfigError(f"config key '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
+        raise ConfigError(f"config key '{key}' must be a mapping, got {values!r}")
+
+
+def _build(cls, values, prefix=""):
+    _check_mapping(prefix.rstrip("."), values)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in values:
         if k not in names:
+            if prefix == "method.":
+                raise ConfigError(f"method '{values.get('name', 'supervised')}' has no setting '{k}' "
+                                  f"(it reads: {', '.join(sorted(names))})")
             raise ConfigError(f"unknown config key '{prefix}{k}'")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:
             continue
         typ = hints[f.name]
-        if dataclasses.is_dataclass(typ):
+        if f.name == "method" and cls is Config:
+            _check_mapping("method", values["method"])
+            name = _check_type("method.name", values["method"].get("name", "supervised"), str)
+            kwargs["method"] = _build(method_settings(name), values["method"], "method.")
+        elif dataclasses.is_dataclass(typ):
             kwargs[f.name] = _build(typ, values[f.name], f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _check_type(prefix + f.name, values[f.name], typ)
@@ -202,23 +198,17 @@ def _read_yaml(path, seen=()):
 
 
 def parse_overrides(overrides):
-    tree = {}
+    """["method.name=dual", "train.seed=1"] -> {"method": {"name": "dual"}, "train": {"seed": 1}} (values as YAML)."""
+    flat = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text != "" else ""
+            flat[key] = yaml.safe_load(text) if text != "" else ""
         except yaml.YAMLError:
-            value = text
-        node = tree
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{key}' conflicts with another override")
-        node[parts[-1]] = value
-    return tree
+            flat[key] = text
+    return dotted_tree(flat)
 
 
 def validate(cfg: Config):
@@ -238,27 +228,11 @@ def validate(cfg: Config):
         raise ConfigError(f"config key 'data.split' must be first or random, got '{d.split}'")
     if d.labeled == 0 or d.labeled < -1:
         raise ConfigError(f"config key 'data.labeled' must be positive or -1 (all), got {d.labeled}")
-    m = cfg.method
-    if m.pair not in ("easy_hard", "easy_easy", "hard_hard", "hard_easy"):
-        raise ConfigError(f"config key 'method.pair' must be easy_hard, easy_easy, hard_hard or hard_easy, got '{m.pair}'")
-    for key, value, allowed in (("ensemble", m.ensemble, ("none", "transforms")),
-                                ("ema_buffers", m.ema_buffers, ("average", "copy")),
-                                ("mix_pairing", m.mix_pairing, ("random", "nearest")),
-                                ("mix_direction", m.mix_direction, ("clean_teaches_mixed", "mixed_teaches_clean"))):
-        if value not in allowed:
-            raise ConfigError(f"config key 'method.{key}' must be {' or '.join(allowed)}, got '{value}'")
-    if not 0 < m.mix_max < 1 or not 0 < m.select_ratio <= 1:
-        raise ConfigError("config keys 'method.mix_max' and 'method.select_ratio' must be in (0, 1)")
-    if m.teacher_steps < 0 or m.teacher_steps >= t.steps:
-        raise ConfigError(f"config key 'method.teacher_steps' must be in [0, train.steps), got {m.teacher_steps}")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"config key 'train.precision' must be auto, fp32 or bf16, got '{t.precision}'")
     if cfg.eval.decode not in ("argmax", "dark"):
         raise ConfigError(f"config key 'eval.decode' must be argmax or dark, got '{cfg.eval.decode}'")
-    if not 0 <= m.ema < 1:
-        raise ConfigError("config key 'method.ema' must be in [0, 1)")
-    if m.joint_cutout < 0 or m.unsup_weight < 0:
-        raise ConfigError("config keys 'method.joint_cutout' and 'method.unsup_weight' must be >= 0")
+    cfg.method.check(cfg)
     if d.store_margin < 1:
         raise ConfigError("config key 'data.store_margin' must be >= 1")
     return cfg

@@ -5,9 +5,9 @@ import os
 
 from .grid import FINISHED, expand, run_grid
 from .data.splits import ensure_data
+from .methods import METHODS
 
 GRID = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "grids", "demo.yaml")
-RELATIVE_COST = {"supervised": 1, "dual": 4, "consistency": 2.4}  # per step, others about 2
 
 
 def run_all(grid, out, seed, overrides=(), jobs=2, echo=print):
@@ -17,6 +17,6 @@ def run_all(grid, out, seed, overrides=(), jobs=2, echo=print):
     runs = expand(grid, out, overrides=overrides)
     ensure_data(runs[0].cfg)  # once, before the runs start in parallel
     states = run_grid(grid, out, jobs=jobs, threads=1, overrides=overrides, echo=echo,
-                      order=lambda r: -RELATIVE_COST.get(r.cfg.method.name, 2))  # longest first: workers end together
+                      order=lambda r: -METHODS[r.cfg.method.name].cost)  # longest first: workers end together
     return {r.cfg.method.name: os.path.relpath(r.folder, out) for r in runs
             if not r.stage and states[r.name] in FINISHED}

@@ -8,7 +8,8 @@ A grid file (configs/grids/*.yaml):
       full: {model.name: resnet18, data.input_size: [256, 192]}
     fixed: {train.steps: 1200}    # optional overrides for every run
     variants:                     # optional explicit rows (non-product), each crossed with the axes;
-                                  # a variant's own value of an axis key wins (duplicates are dropped)
+                                  # a variant's own value of an axis key wins (duplicates are dropped), and a
+                                  # method setting the variant's method does not read is not applied to it
       - {method.name: supervised}
       - {method.name: threshold, method.tau: 0.2}
     axes:                         # cartesian product
@@ -28,6 +29,7 @@ RESULTS. Done (and collapsed) runs are skipped, interrupted ones resume from the
 ones are recorded with their reason and skipped unless retried. Every run is a `collapse train`
 subprocess, so one crash cannot take the grid down; logs go to RESULTS/logs/.
 """
+import dataclasses
 import itertools
 import os
 import socket
@@ -105,8 +107,9 @@ def expand(path, results, scale=None, overrides=()):
     runs, stages, seen = [], {}, set()
     for variant in variants:
         for combo in itertools.product(*axes.values()):
-            values = {**(scale_values or {}), **_mapping(raw, "fixed", path), **dict(zip(axes, combo)), **variant}
+            shared = {**(scale_values or {}), **_mapping(raw, "fixed", path), **dict(zip(axes, combo))}
             try:
+                values = {**_read_by(shared, _method_name(base, overrides, {**shared, **variant})), **variant}
                 cfg = config.load(base, overrides, values=values)
                 if warm and "train.init_from" not in values:
                     nets = 1 if cfg.train.init_same else METHODS[cfg.method.name].nets
@@ -123,6 +126,19 @@ def expand(path, results, scale=None, overrides=()):
             runs.append(GridRun(name, values, {**dict(zip(axes, combo)), **variant}, cfg, rid,
                                 os.path.join(results, name)))
     return list(stages.values()) + runs
+
+
+def _method_name(base, overrides, values):
+    """The method a run will use: the command line's, else the grid's values', else the base config's."""
+    over = config.parse_overrides(overrides).get("method", {})
+    return over.get("name") or values.get("method.name") or config.load(base).method.name
+
+
+def _read_by(shared, name):
+    """The grid's shared values (scale, fixed, axes) without the method settings method `name` does not
+    read: an axis over method.unsup_weight does not apply to supervised (its runs are one run)."""
+    reads = {f.name for f in dataclasses.fields(config.method_settings(name))}
+    return {k: v for k, v in shared.items() if not k.startswith("method.") or k.split(".", 1)[1] in reads}
 
 
 def _stage(cfg, warm, overrides, seed_offset, results, stages):

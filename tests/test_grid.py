@@ -1,4 +1,5 @@
 """Grids: expansion and hashing, resume after an interruption, failed runs, the Ray executor."""
+import dataclasses
 import json
 import os
 
@@ -21,11 +22,10 @@ def write_grid(tmp_path, synth_root, variants, axes, name="g.yaml"):
 
 
 def test_expansion_and_hashing(tmp_path, synth_root):
-    g = write_grid(tmp_path, synth_root, [{"method.name": "supervised", "method.unsup_weight": 1.0},
-                                          {"method.name": "consistency"}],
+    g = write_grid(tmp_path, synth_root, [{"method.name": "supervised"}, {"method.name": "consistency"}],
                    {"method.unsup_weight": [1.0, 2.0], "train.seed": [0, 1]})
     runs = expand(g, str(tmp_path / "r"))
-    # supervised fixes unsup_weight, so its two weights collapse into one run per seed: 2 + 4
+    # supervised reads no unsup_weight, so the axis does not apply to it: one run per seed: 2 + 4
     assert len(runs) == 6 and len({r.run_id for r in runs}) == 6
     assert [r.cfg.method.name for r in runs].count("supervised") == 2
     again = expand(g, str(tmp_path / "r"))
@@ -39,6 +39,33 @@ def test_expansion_and_hashing(tmp_path, synth_root):
     for bad, msg in (({"train.seed": []}, "non-empty"), ({"train.stepz": [1]}, "unknown config key")):
         with pytest.raises(GridError, match=msg):
             expand(write_grid(tmp_path, synth_root, [{}], bad, "bad.yaml"), str(tmp_path / "r"))
+    # a variant's own key its method does not read is a mistake, named
+    with pytest.raises(GridError, match="method 'dual' has no setting 'tau'"):
+        expand(write_grid(tmp_path, synth_root, [{"method.name": "dual", "method.tau": 0.5}], {}, "bad.yaml"),
+               str(tmp_path / "r"))
+
+
+def test_a_setting_a_method_does_not_read_leaves_its_run_id_unchanged(tmp_path, synth_root):
+    """Every other method's every setting, swept as an axis, leaves each method with the one run id it has
+    without the axis; a setting it reads gives it new ones."""
+    from collapse.config import method_settings
+    from collapse.methods import METHODS
+    fields = {n: {f.name: f.default for f in dataclasses.fields(method_settings(n))} for n in METHODS}
+    for name in METHODS:
+        plain = {r.run_id for r in expand(write_grid(tmp_path, synth_root, [{"method.name": name}], {}), str(tmp_path))}
+        for other, settings in fields.items():
+            for key, default in settings.items():
+                if key in fields[name] or not isinstance(default, (int, float)) or isinstance(default, bool):
+                    continue
+                swept = expand(write_grid(tmp_path, synth_root, [{"method.name": name}],
+                                          {f"method.{key}": [default, default + 1]}), str(tmp_path))
+                assert {r.run_id for r in swept} == plain, (name, other, key)
+        read = [k for k, v in fields[name].items() if k not in ("name", "sup_weight") and type(v) in (int, float)]
+        for key in read:
+            v = fields[name][key]
+            swept = expand(write_grid(tmp_path, synth_root, [{"method.name": name}],
+                                      {f"method.{key}": [v / 2 if type(v) is float else v + 1]}), str(tmp_path))
+            assert {r.run_id for r in swept}.isdisjoint(plain), (name, key)
 
 
 def test_interrupted_grid_runs_only_what_is_missing_and_failed_runs_are_recorded(tmp_path, synth_root, capsys):

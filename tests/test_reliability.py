@@ -89,8 +89,8 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(synth_root, t
             terms["sup"] = terms["sup"] * float("nan")
         return terms
     monkeypatch.setattr(Method, "losses", poisoned)
-    cfg = config.load("configs/demo.yaml", [f"data.root={synth_root}", *RUN, "method.name=supervised",
-                                            "method.randaugment=false", "method.joint_cutout=0"])
+    cfg = config.load("configs/demo.yaml", [f"data.root={synth_root}", "method.name=supervised",
+                                            *(a for a in RUN if not a.startswith("method."))])
     out = str(tmp_path / "nan")
     with pytest.raises(NonFiniteLoss):
         train(cfg, out, progress=False)

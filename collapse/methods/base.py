@@ -1,8 +1,10 @@
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..augment import joint_cutout, randaugment, swap_flipped, transform_points
+from ..config import ConfigError
 from ..heatmaps import decode
 
 
@@ -22,14 +24,80 @@ def heatmap_mse(pred, target, weight=None):
     return 0.5 * diff.mean()
 
 
+def one_of(key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"config key 'method.{key}' must be {' or '.join(allowed)}, got '{value}'")
+
+
+def at_least(key, value, low=0):
+    if value < low:
+        raise ConfigError(f"config key 'method.{key}' must be >= {low}, got {value}")
+
+
+# -- settings: each method reads its own dataclass (the `method:` mapping of a config); a run's id hashes
+# -- only these, so a setting a method does not read cannot tell two of its runs apart
+@dataclass
+class Settings:
+    """What every method reads."""
+    name: str = "supervised"
+    sup_weight: float = -1.0         # supervised weight per net (-1: the method's default, 0.5 per net for dual)
+
+    def check(self, cfg):
+        """Raise ConfigError for a bad value; `cfg` is the whole config (a setting may depend on train.*)."""
+
+
+@dataclass
+class UnlabeledSettings(Settings):
+    """Every method that learns from unlabeled crops."""
+    unsup_weight: float = 1.0
+    rampup: int = 0                  # steps of sigmoid ramp-up of unsup_weight (0 = constant)
+
+    def check(self, cfg):
+        at_least("unsup_weight", self.unsup_weight)
+        at_least("rampup", self.rampup)
+
+
+@dataclass
+class ViewSettings(UnlabeledSettings):
+    """Methods whose student sees an augmented view: photometric RandAugment on its input optional."""
+    randaugment: bool = False
+    ra_ops: int = 2
+    ra_magnitude: int = 20
+
+
+@dataclass
+class CutoutSettings(ViewSettings):
+    """Teacher-student methods: joint cutout where the teacher sees joints optional."""
+    joint_cutout: int = 0            # patches around this many teacher-predicted joints (0 = off; 5 in the paper)
+
+    def check(self, cfg):
+        super().check(cfg)
+        at_least("joint_cutout", self.joint_cutout)
+
+
 class Method:
-    """Base recipe: labeled loss only. Subclasses add `unsupervised` terms."""
+    """Base recipe: labeled loss only. Subclasses add `unsupervised` terms, and may declare their own
+    `Settings` dataclass, `order` (where their rows sit in tables and figures), `cost` (time per step
+    relative to supervised, for scheduling) and `label(settings)` (what tells their variants apart)."""
+    Settings = Settings
     nets = 1
     uses_unlabeled = False
     default_sup_weight = 1.0
+    order = 0
+    cost = 1.0
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    @classmethod
+    def label(cls, s):
+        """A readable name of a variant from its settings `s` (a mapping of method setting -> value, as a
+        run's config.yaml holds them): the method's name and what its own settings make of it."""
+        return cls.name + cls.variant(s) + shared_label(s)
+
+    @classmethod
+    def variant(cls, s):
+        return ""
 
     @property
     def sup_weight(self):
@@ -110,3 +178,18 @@ class Method:
         at = flat.gather(1, (cell[..., 1].clamp(0, h - 1) * w + cell[..., 0].clamp(0, w - 1)))
         lost = ((at == 0) & seen).sum() / seen.sum().clamp(min=1)
         return {**pixels, STAT + "joints_outside_field": lost}
+
+
+def shared_label(s):
+    """The label's part from the shared settings: a weight or ratio other than the method's own, JC, RA."""
+    out = ""
+    if s.get("name") != "supervised" and s.get("unsup_weight") not in (None, 1.0):
+        out += f" (w {s['unsup_weight']:g})"
+    sup = s.get("sup_weight")
+    if sup is not None and sup >= 0:  # -1: the method's default ratio
+        out += f" (sup {sup:g})"
+    if s.get("joint_cutout"):
+        out += f" + JC{s['joint_cutout']}"
+    if s.get("randaugment"):
+        out += " + RA"
+    return out

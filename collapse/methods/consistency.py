@@ -3,10 +3,12 @@
 Every teacher-student recipe here carries the teacher's heatmap into the student's view together with the
 teacher's field of view, and pixels outside that field carry no loss (see Batches.transport)."""
 import copy
+from dataclasses import dataclass
 
 import torch
 
-from .base import Method, heatmap_mse
+from .base import CutoutSettings, Method, ViewSettings, heatmap_mse, one_of
+from ..config import ConfigError
 from .registry import register
 
 
@@ -14,7 +16,9 @@ from .registry import register
 class Consistency(Method):
     """Naive consistency: two views of equal strength, the loss between them with gradient through both,
     so both predictions are pulled toward their middle (and, with background dominant, toward zero)."""
+    Settings = ViewSettings
     uses_unlabeled = True
+    order, cost = 1, 2.4
 
     def unsupervised(self, ctx, unl):
         net = ctx.nets[0]
@@ -28,8 +32,10 @@ class Consistency(Method):
 class TeacherStudent(Method):
     """A teacher predicts on one view without gradient; its heatmap, carried into the student's view,
     is the student's target. Subclasses choose the teacher and weigh the loss."""
+    Settings = CutoutSettings
     uses_unlabeled = True
     views = ("easy", "fresh")
+    cost = 2.0
 
     def teacher(self, ctx):
         return ctx.nets[0]
@@ -54,11 +60,29 @@ class TeacherStudent(Method):
                 **self.outside_share(ctx, unl, sv, field)}
 
 
+@dataclass
+class MeanTeacherSettings(CutoutSettings):
+    ema: float = 0.99                # teacher <- ema * teacher + (1 - ema) * student (B1 0.99, B2 0.999)
+    ema_buffers: str = "average"     # BatchNorm statistics averaged like the weights | copy (the student's)
+
+    def check(self, cfg):
+        super().check(cfg)
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"config key 'method.ema' must be in [0, 1), got {self.ema}")
+        one_of("ema_buffers", self.ema_buffers, ("average", "copy"))
+
+
 @register("mean_teacher")
 class MeanTeacher(TeacherStudent):
     """EMA teacher (the paper's B1/B2 with ema 0.99/0.999), in eval mode. Its BatchNorm statistics are its
     own, averaged like its weights (the standard mean teacher); `ema_buffers: copy` copies the student's
     instead (this toolkit's behaviour before 2026-11: fresh statistics under stale weights)."""
+    Settings = MeanTeacherSettings
+    order = 2
+
+    @classmethod
+    def variant(cls, s):
+        return f" (ema {s.get('ema')}" + (", student's BN)" if s.get("ema_buffers") == "copy" else ")")
 
     def setup(self, ctx):
         ema = copy.deepcopy(ctx.nets[0]).eval()
@@ -81,26 +105,60 @@ class MeanTeacher(TeacherStudent):
                 t.lerp_(s, 1 - a)
 
 
+@dataclass
+class ThresholdSettings(CutoutSettings):
+    tau: float = 0.6                 # joints whose teacher peak is below tau carry no loss (A1-A4: 0.2 .. 0.8)
+
+
 @register("threshold")
 class Threshold(TeacherStudent):
     """Teacher-confidence mask: joints whose teacher peak is below tau carry no loss (A1-A4)."""
+    Settings = ThresholdSettings
+    order = 3
+
+    @classmethod
+    def variant(cls, s):
+        return f" (tau {s.get('tau')})"
 
     def weight(self, confidence, target):
         return (confidence >= self.cfg.tau).float()[..., None, None]
 
 
+@dataclass
+class ReweightSettings(CutoutSettings):
+    fg_threshold: float = 0.1        # target pixels above this are foreground ...
+    fg_weight: float = 10.0          # ... and weigh this much more than background
+
+
 @register("reweight")
 class Reweight(TeacherStudent):
     """Class re-weighting: foreground pixels of the target weigh fg_weight, background 1 (C)."""
+    Settings = ReweightSettings
+    order = 4
 
     def weight(self, confidence, target):
         return 1 + (self.cfg.fg_weight - 1) * (target > self.cfg.fg_threshold).float()
+
+
+@dataclass
+class PairSettings(CutoutSettings):
+    pair: str = "easy_hard"          # teacher view _ student view; D1-D3: easy_easy hard_hard hard_easy
+
+    def check(self, cfg):
+        super().check(cfg)
+        one_of("pair", self.pair, ("easy_hard", "easy_easy", "hard_hard", "hard_easy"))
 
 
 @register("easy_hard")
 class EasyHard(TeacherStudent):
     """Single network, its own easy-view prediction teaches its hard view (PoseCons). `pair` gives the
     paper's D1-D3 ablations: easy_easy, hard_hard, hard_easy (teacher view _ student view)."""
+    Settings = PairSettings
+    order = 5
+
+    @classmethod
+    def variant(cls, s):
+        return "" if s.get("pair") in (None, "easy_hard") else f" ({s['pair']})"
 
     @property
     def views(self):
@@ -112,9 +170,11 @@ class EasyHard(TeacherStudent):
 class Dual(Method):
     """Two networks; each one's easy-view prediction teaches the other's hard view (PoseDual). One extra
     affine per sample is shared by both hard views; joint cutout masks where the *other* net sees joints."""
+    Settings = CutoutSettings
     nets = 2
     uses_unlabeled = True
     default_sup_weight = 0.5
+    order, cost = 6, 4.0
 
     def unsupervised(self, ctx, unl):
         tv = ctx.batches.view(unl, "easy")

@@ -1,9 +1,26 @@
 """GuidedMix for heatmaps: labeled/unlabeled mixing with the unlabeled target recovered from the mix."""
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from .base import Method, heatmap_mse
+from ..config import ConfigError
+from .base import Method, ViewSettings, heatmap_mse, one_of
 from .registry import register
+
+
+@dataclass
+class GuidedMixSettings(ViewSettings):
+    mix_max: float = 0.5             # lam ~ U(0, mix_max), the labeled crop's share of the mix
+    mix_pairing: str = "random"      # random | nearest (pooled appearance)
+    mix_direction: str = "clean_teaches_mixed"  # or mixed_teaches_clean
+
+    def check(self, cfg):
+        super().check(cfg)
+        if not 0 < self.mix_max < 1:
+            raise ConfigError(f"config key 'method.mix_max' must be in (0, 1), got {self.mix_max}")
+        one_of("mix_pairing", self.mix_pairing, ("random", "nearest"))
+        one_of("mix_direction", self.mix_direction, ("clean_teaches_mixed", "mixed_teaches_clean"))
 
 
 def pair_labeled(lab_x, unl_x, how, gen):
@@ -29,7 +46,13 @@ class GuidedMix(Method):
     by removing the labeled ground truth. `mix_direction` is the collapse axis: clean_teaches_mixed
     (the released code: the clean prediction, stop-gradient, teaches the recovered one: easy -> hard) or
     mixed_teaches_clean (the paper's wording: the recovered heatmap teaches the clean prediction)."""
+    Settings = GuidedMixSettings
     uses_unlabeled = True
+    order, cost = 9, 2.0
+
+    @classmethod
+    def variant(cls, s):
+        return " (mixed teaches clean)" if s.get("mix_direction") == "mixed_teaches_clean" else ""
 
     def losses(self, ctx, lab, unl, forward=None):
         terms = super().losses(ctx, lab, None, forward)

@@ -9,6 +9,8 @@ drifts toward background: the collapse mode this toolkit studies). Joints whose 
 is below `pl_threshold` carry no loss. Pseudo-labels, reliability scores and the selection are kept
 in the run folder (`pseudo_labels.npz`, `reliability.npz`) and in the checkpoint, so stages resume.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -16,7 +18,8 @@ from ..augment import about_centre, normalise, strong_photometric, transform_poi
 from ..data.skeleton import OKS_SIGMAS
 from ..heatmaps import decode
 from ..runs import atomic_write_bytes_from
-from .base import Method, heatmap_mse
+from ..config import ConfigError
+from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from .registry import register
 
 IN_VIS_THRE = 0.2  # the final teacher's joints above this confidence count in the ST++ agreement score
@@ -82,8 +85,35 @@ def agreement(kp_a, kp_final, conf_final, area):
     return (oks * gate).sum(1) / gate.sum(1).clamp(min=1)
 
 
+@dataclass
+class PseudoLabelSettings(UnlabeledSettings):
+    teacher_steps: int = 0           # steps of the supervised teacher stage (0: a third of train.steps)
+    ensemble: str = "none"           # pseudo-labels from: none (one view) | transforms (flips x scales: DataDistill, ST's TTA)
+    pl_threshold: float = 0.2        # pseudo-labeled joints below this teacher confidence carry no loss
+
+    def check(self, cfg):
+        super().check(cfg)
+        at_least("teacher_steps", self.teacher_steps)
+        if self.teacher_steps >= cfg.train.steps:
+            raise ConfigError(f"config key 'method.teacher_steps' must be in [0, train.steps), got {self.teacher_steps}")
+        one_of("ensemble", self.ensemble, ("none", "transforms"))
+
+
+@dataclass
+class SelfTrainingSettings(PseudoLabelSettings):
+    st_plus: bool = False            # ST++ reliability selection (checkpoints at 1/3, 2/3, end)
+    select_ratio: float = 0.5        # ST++: share of unlabeled crops trained on first
+
+    def check(self, cfg):
+        super().check(cfg)
+        if not 0 < self.select_ratio <= 1:
+            raise ConfigError(f"config key 'method.select_ratio' must be in (0, 1], got {self.select_ratio}")
+
+
 class PseudoLabelBase(Method):
+    Settings = PseudoLabelSettings
     uses_unlabeled = True
+    cost = 2.0
 
     def setup(self, ctx):
         self.boundary = self.cfg.teacher_steps or max(1, ctx.steps // 3)
@@ -136,6 +166,11 @@ class PseudoLabel(PseudoLabelBase):
     """PseudoPose: a supervised teacher labels the unlabeled set once, a fresh student trains on
     labeled + pseudo-labeled crops. With `ensemble: transforms` it is DataDistill (labels from the
     teacher's heatmaps averaged over flips and scales)."""
+    order = 7
+
+    @classmethod
+    def variant(cls, s):
+        return " (DataDistill)" if s.get("ensemble") == "transforms" else " (PseudoPose)"
 
     def after_step(self, ctx):
         if ctx.step + 1 == self.boundary:
@@ -150,6 +185,12 @@ class SelfTraining(PseudoLabelBase):
     grayscale, blur, cutout) on them. ST++ (`st_plus`): keep the teacher at 1/3, 2/3 and the end of its
     stage, rank crops by the agreement of the earlier two with the final one (confidence-gated OKS),
     train first on the top `select_ratio`, re-label the rest with that model, then train on all."""
+    Settings = SelfTrainingSettings
+    order = 8
+
+    @classmethod
+    def variant(cls, s):
+        return " (ST++)" if s.get("st_plus") else " (ST)"
 
     def setup(self, ctx):
         super().setup(ctx)

@@ -1,7 +1,11 @@
+"""The methods by name. A method registers itself with @register("name"); its settings dataclass
+(`Method.Settings`) is what a config's `method:` mapping may hold when it names that method."""
+from ..config import ConfigError
+
 METHODS = {}
 
 
-class MethodError(ValueError):
+class MethodError(ConfigError):
     pass
 
 
@@ -13,7 +17,11 @@ def register(name):
     return deco
 
 
-def build_method(cfg):
-    if cfg.name not in METHODS:
-        raise MethodError(f"unknown method '{cfg.name}' (choose from {', '.join(sorted(METHODS))})")
-    return METHODS[cfg.name](cfg)
+def method_class(name):
+    if name not in METHODS:
+        raise MethodError(f"unknown method '{name}' (choose from {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+def build_method(settings):
+    return method_class(settings.name)(settings)
