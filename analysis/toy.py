@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from collapse.config import method_settings
 from collapse.data.batches import View
-from collapse.methods import build_method
+from collapse.methods import Context, build_method
 
 MAJOR_CENTRE, MINOR_CENTRE = (-1.0, 0.0), (1.0, 0.0)
 
@@ -110,11 +110,6 @@ class ToyNet(nn.Module):
         return self.body(x).view(-1, 1, 1, 1)
 
 
-class _Ctx:
-    def __init__(self, nets, batches):
-        self.nets, self.teachers, self.batches, self.step, self.stats = nets, list(nets), batches, 0, {}
-
-
 METHODS = {  # label -> method config of collapse.methods
     "supervised": dict(name="supervised"),
     "naive consistency": dict(name="consistency"),
@@ -147,7 +142,7 @@ def train_toy(label, s: ToySettings, data):
     method = build_method(settings)
     nets = [ToyNet() for _ in range(method.nets)]
     views = ToyViews(s, gen)
-    ctx = _Ctx(nets, views)
+    ctx = Context(nets, views)
     method.setup(ctx)
     opt = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=s.lr)
     (xl, yl), (xu, yu), grid = data

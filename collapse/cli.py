@@ -10,7 +10,7 @@ def _user_errors():
     from .data.coco import DataError
     from .methods import MethodError
     from .models import ModelError
-    from .train import DeviceError
+    from .device import DeviceError
     from analysis.results import NotResults
     return (ConfigError, DataError, MethodError, ModelError, DeviceError, NotResults, FileNotFoundError)
 

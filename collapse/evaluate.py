@@ -11,6 +11,7 @@ import torch
 
 from .augment import about_centre, normalise, store_to_input, swap_flipped, transform_points, warp
 from .heatmaps import decode, decode_dark
+from .models import evaluating
 
 IN_VIS_THRE = 0.2  # joints above this confidence count in the instance score (SimpleBaseline rescoring)
 COCO_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -39,19 +40,17 @@ def heatmaps(net, x, flip_test, stride):
 @torch.no_grad()
 def predict(net, pool, input_hw, stride, batch=256, flip_test=False, decoder="argmax", sigma=2.0):
     """Keypoints (N,J,2) in image coordinates and per-joint confidences (N,J) for every row of `pool`."""
-    was_training = net.training
-    net.eval()
     device = next(net.parameters()).device
     coords, scores = [], []
-    for a in range(0, len(pool), batch):
-        idx = torch.arange(a, min(a + batch, len(pool)))
-        crops, _ = pool.fetch(idx)
-        A = store_to_input(len(idx), pool.store.store_hw, input_hw, device)
-        heat = heatmaps(net, warp(normalise(crops), A, input_hw), flip_test, stride)
-        xy, conf = decode_dark(heat, sigma) if decoder == "dark" else decode(heat)
-        coords.append(transform_points(torch.linalg.inv(A), xy * stride).cpu())
-        scores.append(conf.cpu())
-    net.train(was_training)
+    with evaluating(net):
+        for a in range(0, len(pool), batch):
+            idx = torch.arange(a, min(a + batch, len(pool)))
+            crops, _ = pool.fetch(idx)
+            A = store_to_input(len(idx), pool.store.store_hw, input_hw, device)
+            heat = heatmaps(net, warp(normalise(crops), A, input_hw), flip_test, stride)
+            xy, conf = decode_dark(heat, sigma) if decoder == "dark" else decode(heat)
+            coords.append(transform_points(torch.linalg.inv(A), xy * stride).cpu())
+            scores.append(conf.cpu())
     xy_store = torch.cat(coords).double()
     crop = torch.as_tensor(pool.store.meta["crop"][pool.rows])
     return transform_points(torch.linalg.inv(crop), xy_store).numpy(), torch.cat(scores).numpy()
@@ -114,20 +113,23 @@ def pck(coords, keypoints, bbox, alpha=0.1):
     return float((dist < thr)[labeled].mean()) if labeled.any() else 0.0
 
 
-def evaluate(net, pool, gt_coco, input_hw, stride, gt_keypoints, gt_bbox, flip_test=False, decoder="argmax",
-             sigma=2.0, detections=False, nms=0.9):
-    """(metrics dict, COCO results list) for a network on a validation pool (of GT or detected boxes;
-    with detections: rescoring by box score, OKS-NMS, and no PCK, which needs a box-to-person match)."""
-    coords, conf = predict(net, pool, input_hw, stride, flip_test=flip_test, decoder=decoder, sigma=sigma)
+def evaluate(net, val, cfg):
+    """(metrics dict, COCO results list) for a network on a ValSet (of GT or detected boxes; with
+    detections: rescoring by box score, OKS-NMS, and no PCK, which needs a box-to-person match), under
+    the config's eval settings."""
+    e, d = cfg.eval, cfg.data
+    pool = val.pool
+    coords, conf = predict(net, pool, tuple(d.input_size), d.heatmap_stride, flip_test=e.flip_test,
+                           decoder=e.decode, sigma=d.sigma)
     meta = pool.store.meta
     image_ids = meta["image_id"][pool.rows]
-    if detections:
+    if val.detections:
         results = oks_nms(to_coco_results(image_ids, coords, conf, meta["score"][pool.rows]),
-                          meta["area"][pool.rows], nms)
-        image_ids = [im["id"] for im in gt_coco.dataset["images"]]
+                          meta["area"][pool.rows], e.oks_nms)
+        image_ids = [im["id"] for im in val.gt.dataset["images"]]
     else:
         results = to_coco_results(image_ids, coords, conf)
-    metrics = coco_ap(gt_coco, results, image_ids)
-    if not detections:
-        metrics["PCK@0.1"] = pck(coords, gt_keypoints, gt_bbox)
+    metrics = coco_ap(val.gt, results, image_ids)
+    if not val.detections:
+        metrics["PCK@0.1"] = pck(coords, val.keypoints, val.bbox)
     return metrics, results

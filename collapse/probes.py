@@ -24,6 +24,7 @@ import torch
 
 from .augment import normalise, store_to_input, transform_points, warp
 from .heatmaps import decode
+from .models import evaluating
 
 TAUS = (0.1, 0.2, 0.3, 0.4, 0.5)
 PL_TAUS = (0.2, 0.5)  # pseudo-label thresholds of the quantity/quality probes
@@ -58,10 +59,8 @@ class Prober:
         for split, (x, target, weight, points) in self.sets.items():
             heats = []
             for i, net in enumerate(nets):
-                was = net.training
-                net.eval()
-                h = net(x).float()
-                net.train(was)
+                with evaluating(net):
+                    h = net(x).float()
                 heats.append(h)
                 peak = h.amax((2, 3)).mean(0).cpu().numpy()
                 for j, v in enumerate(peak):

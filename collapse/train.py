@@ -2,59 +2,30 @@
 evaluation, checkpoints and the run folder."""
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from . import runs
-from .augment import transform_points
 from .config import Config, ConfigError
 from .data.batches import Batches
-from .data.coco import DataError, annotation_path, load_coco
-from .data.splits import ensure_data, split_rows, val_rows
+from .data.coco import DataError
+from .data.splits import ensure_data, split_rows, val_set
 from .data.skeleton import NUM_JOINTS
 from .data.store import Pool
+from .device import resolve_device, use_bf16
 from .evaluate import evaluate
-from .probes import PROBE_COLUMNS, Prober, collapse_step, unlabeled_response
-from .methods import build_method, is_loss
+from .methods import Context, build_method, is_loss
 from .models import Average, build_model
-
-
-class DeviceError(ValueError):
-    pass
+from .probes import PROBE_COLUMNS, Prober, collapse_step, unlabeled_response
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the run fails, keeping its last good checkpoint."""
 
 
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"device '{name}' is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"unknown device '{name}'")
-
-
-def cpu_has_bf16():
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is faster."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((l for l in f if l.startswith("flags")), "").split()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
-
-
-def use_bf16(precision, device):
-    if precision == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-    return precision == "bf16"
 
 
 def init_sources(text, n_nets):
@@ -87,20 +58,6 @@ def load_net(net, path, device):
         raise ConfigError(f"train.init_from: {path} does not hold this network ({str(e).splitlines()[0][:200]})")
 
 
-@dataclass
-class Context:
-    """What a method sees: networks, their teachers, the batch maker, the step (and, for staged
-    recipes, the run's length and folder, and a way to re-initialise a net as a fresh student)."""
-    nets: list
-    teachers: list
-    batches: Batches
-    step: int = 0
-    steps: int = 0
-    run: object = None
-    reset_net: object = None
-    stats: dict = field(default_factory=dict)
-
-
 class Trainer:
     def __init__(self, cfg: Config, out, progress=True):
         self.cfg, self.progress = cfg, progress and cfg.train.progress
@@ -124,13 +81,7 @@ class Trainer:
                                Pool(pool_store, unl, self.device) if len(unl) else None, self.device, self.gen)
         if self.method.uses_unlabeled and self.batches.unlabeled_pool is None:
             raise DataError("this method needs unlabeled data but data.labeled leaves none")
-        self.val_pool = Pool(val_store, val_rows(cfg, val_store), self.device)
-        self.val_gt = load_coco(annotation_path(cfg.data.root, cfg.data.val_split))
-        vk = val_store.meta["keypoints"][self.val_pool.rows]
-        crop = torch.as_tensor(val_store.meta["crop"][self.val_pool.rows])
-        self.val_keypoints = np.concatenate(
-            [transform_points(torch.linalg.inv(crop), torch.as_tensor(vk[..., :2]).double()).numpy(), vk[..., 2:]], -1)
-        self.val_bbox = val_store.meta["bbox"][self.val_pool.rows]
+        self.val = val_set(cfg, val_store, self.device)
 
         for net, path in zip(self.nets, init_sources(t.init_from, len(self.nets))):
             load_net(net, path, self.device)
@@ -140,16 +91,19 @@ class Trainer:
         params = [p for n in self.nets for p in n.parameters()]
         self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
-        self.ctx = Context(self.nets, list(self.nets), self.batches, steps=t.steps, run=self.run,
-                           reset_net=self.reset_net)
+        self.ctx = Context(self.nets, self.batches, steps=t.steps, compile=t.compile,
+                           on_artifact=self.save_artifact, on_restart=self.reset_net)
         self.method.setup(self.ctx)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
-        self.forward = [torch.compile(n) if t.compile else n for n in self.nets]
-        self.prober = Prober(self.batches, {"unlabeled": self.batches.unlabeled_pool, "val": self.val_pool},
+        self.prober = Prober(self.batches, {"unlabeled": self.batches.unlabeled_pool, "val": self.val.pool},
                              t.probe_size)
         self.probes = []
         self.metrics, self.step, self.timing = [], 0, dict(data=0.0, total=0.0, eval=0.0, probe=0.0)
         self.loss_sums, self.loss_count = None, 0  # loss terms summed since the last log line
+        self.latest, self.t_start = {}, time.perf_counter()  # the last evaluation's metrics; the clock's zero
+
+    def save_artifact(self, name, arrays):
+        runs.atomic_write_bytes_from(self.run.file(name), lambda f: np.savez(f, **arrays))
 
     def reset_net(self, i):
         """Re-initialise net i in place (a fresh student: new weights, empty optimizer state), with a seed
@@ -188,16 +142,58 @@ class Trainer:
         self.prober.gallery = s.get("gallery", [])
 
     # -- the loop -------------------------------------------------------------------------------
+    def due(self, every):
+        """Whether a schedule of period `every` (0: never) falls on this step; the last step is always due."""
+        return every > 0 and (self.step % every == 0 or self.step == self.cfg.train.steps)
+
+    def fit(self):
+        t = self.cfg.train
+        self.begin()
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc=self.cfg.method.name,
+                   dynamic_ncols=True, leave=False)
+        collapsed = None
+        while self.step < t.steps and collapsed is None:
+            self.accumulate(self.train_step())
+            bar.update(1)
+            if self.due(t.log_every):
+                self.log(bar)
+            if self.due(t.probe_every):
+                collapsed = self.probe()
+            if collapsed is not None or self.due(t.eval_every):
+                self.evaluate()
+                self.save()
+                bar.set_postfix(AP=f"{self.latest.get('AP', float('nan')):.3f}")
+            elif self.due(t.checkpoint_every):
+                self.save()
+        bar.close()
+        return self.finish(collapsed)
+
+    def begin(self):
+        """Resume from the run's checkpoint if it has one; mark the run running; at step 0 the first probe
+        and, for a warm start, an evaluation (where the run begins: its source's final AP)."""
+        cfg = self.cfg
+        if os.path.exists(self.run.file("checkpoint.pt")):
+            self.load_state(torch.load(self.run.file("checkpoint.pt"), map_location=self.device, weights_only=False))
+        resolved = cfg.to_dict()
+        self.run.write_config(resolved)
+        self.run.update_manifest(status="running", run_id=runs.run_id(resolved), method=cfg.method.name,
+                                 device=str(self.device), versions=runs.versions(), started=time.time())
+        self.t_start = time.perf_counter() - self.timing["total"]
+        if self.step == 0 and cfg.train.probe_every:
+            self.probe()
+        if self.step == 0 and cfg.train.init_from:
+            self.evaluate()
+
     def train_step(self):
+        """One optimisation step; returns its loss terms (tensors on the device, never synchronised here)."""
         t, m = self.cfg.train, self.method
         t0 = time.perf_counter()
         lab = self.batches.labeled(t.batch_labeled)
         unl = self.batches.unlabeled(t.batch_unlabeled) if m.uses_unlabeled else None
         self.timing["data"] += time.perf_counter() - t0
-        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
         self.ctx.step = self.step
-        with autocast:
-            terms = m.losses(self.ctx, lab, unl, self.forward)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            terms = m.losses(self.ctx, lab, unl)
         loss = sum(v for k, v in terms.items() if is_loss(k))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -205,7 +201,25 @@ class Trainer:
         self.sched.step()
         m.after_step(self.ctx)
         self.step += 1
-        return loss.detach(), {k: v.detach() for k, v in terms.items()}
+        return {k: v.detach() for k, v in terms.items()}
+
+    def accumulate(self, terms):
+        # a staged method's terms change between stages: a term absent at a step counts as 0 there
+        sums = self.loss_sums
+        self.loss_sums = terms if sums is None else {k: sums.get(k, 0) + terms.get(k, 0) for k in {**sums, **terms}}
+        self.loss_count += 1
+
+    def log(self, bar):
+        """The mean of each loss term since the last log line, and the learning rate; .item() synchronises
+        with the device: only here, once per log interval."""
+        means = {k: (v / self.loss_count).item() for k, v in self.loss_sums.items()}
+        self.check_finite(means)
+        self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}" if is_loss(k) else k, value=v)
+                         for k, v in means.items()]
+        self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
+        bar.set_postfix(loss=f"{sum(v for k, v in means.items() if is_loss(k)):.2e}",
+                        AP=f"{self.latest.get('AP', float('nan')):.3f}")
+        self.loss_sums, self.loss_count = None, 0
 
     def evaluate(self):
         t0 = time.perf_counter()
@@ -213,23 +227,24 @@ class Trainer:
         named = [("", self.nets[0])] if len(self.nets) == 1 else \
             [(f"/net{i}", n) for i, n in enumerate(self.nets)] + [("/ens", Average(self.nets))]
         for suffix, net in named:
-            e = self.cfg.eval
-            metrics, results = evaluate(net, self.val_pool, self.val_gt, tuple(self.cfg.data.input_size),
-                                        self.cfg.data.heatmap_stride, self.val_keypoints, self.val_bbox,
-                                        e.flip_test, e.decode, self.cfg.data.sigma, bool(e.boxes), e.oks_nms)
+            metrics, results = evaluate(net, self.val, self.cfg)
             rows += [dict(step=self.step, split="val", name=k + suffix, value=v) for k, v in metrics.items()]
             runs.atomic_write_json(self.run.file("predictions", f"step{self.step:07d}{suffix.replace('/', '_')}.json"), results)
         self.metrics += rows
         self.timing["eval"] += time.perf_counter() - t0
-        return {r["name"]: r["value"] for r in rows}
+        self.latest = {r["name"]: r["value"] for r in rows}
 
     def probe(self):
+        """Record the response probes; with train.stop_on_collapse, the step the run collapsed at (else None)."""
         t0 = time.perf_counter()
         self.probes += self.prober(self.step, self.nets, self.ctx.teachers)
         self.timing["probe"] += time.perf_counter() - t0
+        t = self.cfg.train
+        return collapse_step(*unlabeled_response(self.probes), ratio=t.collapse_ratio) if t.stop_on_collapse else None
 
     def save(self):
         """metrics, probes and the checkpoint, each written atomically; never a checkpoint of a diverged net."""
+        self.timing["total"] = time.perf_counter() - self.t_start
         if self.loss_sums is not None:
             self.check_finite({k: (v / max(self.loss_count, 1)).item() for k, v in self.loss_sums.items()})
         runs.atomic_write_parquet(self.run.file("metrics.parquet"), pd.DataFrame(
@@ -249,60 +264,12 @@ class Trainer:
             raise NonFiniteLoss(f"non-finite loss by step {self.step} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
                                 "the last good checkpoint is kept")
 
-    def fit(self):
-        cfg, t = self.cfg, self.cfg.train
-        resolved = cfg.to_dict()
-        if os.path.exists(self.run.file("checkpoint.pt")):
-            self.load_state(torch.load(self.run.file("checkpoint.pt"), map_location=self.device, weights_only=False))
-        self.run.write_config(resolved)
-        self.run.update_manifest(status="running", run_id=runs.run_id(resolved), method=cfg.method.name,
-                                 device=str(self.device), versions=runs.versions(), started=time.time())
-        from tqdm import tqdm
-        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc=cfg.method.name,
-                   dynamic_ncols=True, leave=False)
-        latest, collapsed = {}, None
-        t_start = time.perf_counter() - self.timing["total"]
-        if self.step == 0 and t.probe_every:
-            self.probe()
-        if self.step == 0 and t.init_from:  # where a warm start begins: the source's final AP
-            latest = self.evaluate()
-        while self.step < t.steps:
-            loss, terms = self.train_step()
-            sums = self.loss_sums
-            # a staged method's terms change between stages: a term absent at a step counts as 0 there
-            self.loss_sums = terms if sums is None else {k: sums.get(k, 0) + terms.get(k, 0) for k in {**sums, **terms}}
-            self.loss_count += 1
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                # .item() syncs with the device: only here, once per log interval
-                means = {k: (v / self.loss_count).item() for k, v in self.loss_sums.items()}
-                self.check_finite(means)
-                self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}" if is_loss(k) else k, value=v)
-                                 for k, v in means.items()]
-                self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
-                bar.set_postfix(loss=f"{sum(v for k, v in means.items() if is_loss(k)):.2e}",
-                                AP=f"{latest.get('AP', float('nan')):.3f}")
-                self.loss_sums, self.loss_count = None, 0
-            collapsed = None
-            if t.probe_every and (self.step % t.probe_every == 0 or self.step == t.steps):
-                self.probe()
-                if t.stop_on_collapse:
-                    collapsed = collapse_step(*unlabeled_response(self.probes), ratio=t.collapse_ratio)
-            if collapsed is not None or self.step % t.eval_every == 0 or self.step == t.steps:
-                latest = self.evaluate()
-                self.timing["total"] = time.perf_counter() - t_start
-                self.save()
-                bar.set_postfix(AP=f"{latest.get('AP', float('nan')):.3f}")
-            elif t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                self.timing["total"] = time.perf_counter() - t_start
-                self.save()
-            if collapsed is not None:
-                break
-        bar.close()
-        self.timing["total"] = time.perf_counter() - t_start
+    def finish(self, collapsed):
+        """The last save, and the manifest's account: status, final metrics, timing."""
+        t = self.cfg.train
+        self.save()
         final = {r["name"]: r["value"] for r in self.metrics if r["split"] == "val" and r["step"] == self.step}
         train_time = self.timing["total"] - self.timing["eval"] - self.timing["probe"]
-        self.save()
         end = dict(status="done")
         if self.step < t.steps:
             end = dict(status="collapsed", collapse_step=collapsed, reason=(

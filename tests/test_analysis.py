@@ -158,3 +158,15 @@ def test_notebooks_execute_on_a_results_folder(results, tmp_path, name):
     assert any("image/png" in o.get("data", {}) for o in outputs)
     if name == "paper_figures":
         assert os.path.getsize(tmp_path / "fig" / "final_ap.pdf") > 10_000
+
+
+def test_run_folders_of_older_versions_still_load():
+    """tests/data/old_results: two demo runs written before methods owned their settings (every method's
+    settings in each config.yaml). They load, get their labels, and enter the collapse table."""
+    old = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_results")
+    runs, metrics, probes = analysis.load(old)
+    assert runs["method.tau"].notna().all()  # the old format: mean_teacher's config holds threshold's tau
+    assert sorted(runs.label) == ["mean_teacher (ema 0.99)", "supervised"]
+    t = analysis.collapse_table(runs, probes, metrics).set_index("label")
+    assert t.loc["supervised", "vs_supervised"] == 1.0
+    assert abs(t.loc["mean_teacher (ema 0.99)", "AP"] - 0.041) < 5e-4  # the demo table of that day

@@ -50,7 +50,7 @@ def test_threshold_mask_follows_the_joint_through_a_mirror(synth_root, monkeypat
     heat = torch.zeros(n, 17, *hm)
     heat[:, LEFT_SHOULDER, 8, 5] = 0.9                     # left of the crop centre, confident
     heat[:, RIGHT_SHOULDER, 20, 18] = 0.3                  # elsewhere, below tau
-    m.teacher = lambda ctx: (lambda x: heat)
+    ctx.teachers[0] = lambda x: heat                       # what the teacher pass returns
     calls = _capture_loss(monkeypatch)
     m.unsupervised(ctx, unl)
     (_, target, weight), = calls

@@ -6,9 +6,8 @@ import torch
 from collapse import config
 from collapse.data.batches import Batches
 from collapse.data.store import Pool, build
-from collapse.methods import build_method, is_loss
+from collapse.methods import Context, build_method, is_loss
 from collapse.models import build_model
-from collapse.train import Context
 
 
 def _setup(synth_root, **method):
@@ -23,7 +22,7 @@ def _setup(synth_root, **method):
     nets = [build_model(cfg.model, 17, cfg.data.heatmap_stride) for _ in range(m.nets)]
     for n in nets:  # make predictions non-trivial so targets are not all zero
         torch.nn.init.normal_(n.head.weight, std=0.1)
-    ctx = Context(nets, list(nets), batches)
+    ctx = Context(nets, batches)
     m.setup(ctx)
     return m, ctx, batches.unlabeled(6)
 

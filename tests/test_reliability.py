@@ -83,8 +83,8 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(synth_root, t
     from collapse.train import NonFiniteLoss, train
     real = Method.losses
 
-    def poisoned(self, ctx, lab, unl, forward=None):
-        terms = real(self, ctx, lab, unl, forward)
+    def poisoned(self, ctx, lab, unl):
+        terms = real(self, ctx, lab, unl)
         if ctx.step >= 13:
             terms["sup"] = terms["sup"] * float("nan")
         return terms

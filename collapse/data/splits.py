@@ -1,15 +1,18 @@
-"""The data a run trains and is evaluated on: the crop stores (prepared once, reused by every run) and
-which of their rows are labeled, unlabeled and validated. Data code: the trainer, grids and the demo
-call it; it never trains."""
+"""The data a run trains and is evaluated on: the crop stores (prepared once, reused by every run),
+which of their rows are labeled, unlabeled and validated, and the validation set a run is scored on.
+Data code: the trainer, grids and the demo call it; it never trains."""
 import os
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from ..augment import transform_points
 from ..config import Config
 from . import synthetic
 from .coco import DataError, annotation_path, image_dir, load_coco, person_instances
 from .prepare_coco import detection_split
-from .store import build as build_store, store_path
+from .store import Pool, build as build_store, store_path
 
 
 def ensure_data(cfg: Config, progress=False):
@@ -76,3 +79,23 @@ def val_rows(cfg: Config, store):
     while stop < n and img[stop] == img[stop - 1]:
         stop += 1
     return np.arange(stop)
+
+
+@dataclass
+class ValSet:
+    """The validation instances a run is scored on: their crops (a Pool), the split's COCO ground truth
+    (for OKS AP), and per instance its keypoints in the image frame and its box (for PCK)."""
+    pool: Pool
+    gt: object
+    keypoints: np.ndarray            # (N, J, 3): x, y in the image, visibility
+    bbox: np.ndarray                 # (N, 4): x, y, w, h
+    detections: bool                 # detected boxes (eval.boxes): no keypoints, no PCK
+
+
+def val_set(cfg: Config, store, device):
+    pool = Pool(store, val_rows(cfg, store), device)
+    kp = store.meta["keypoints"][pool.rows]  # in the stored crop's frame: carried back to the image's
+    crop = torch.as_tensor(store.meta["crop"][pool.rows])
+    xy = transform_points(torch.linalg.inv(crop), torch.as_tensor(kp[..., :2]).double()).numpy()
+    return ValSet(pool, load_coco(annotation_path(cfg.data.root, cfg.data.val_split)),
+                  np.concatenate([xy, kp[..., 2:]], -1), store.meta["bbox"][pool.rows], bool(cfg.eval.boxes))

@@ -193,6 +193,11 @@ class Pool:
     def __len__(self):
         return len(self.rows)
 
+    def areas(self):
+        """(N,) each instance's area (COCO `area`) in its stored crop's pixels: the OKS scale in that frame."""
+        crop = torch.as_tensor(self.store.meta["crop"][self.rows]).float()
+        return torch.as_tensor(self.store.meta["area"][self.rows]).float() * torch.linalg.det(crop[:, :2, :2])
+
     def fetch(self, idx):
         """idx: (B,) positions in this pool -> (uint8 crops (B,Hs,Ws,3), keypoints (B,J,3)) on the device."""
         if self.resident:

@@ -113,15 +113,13 @@ class Method:
     def setup(self, ctx):
         pass
 
-    def losses(self, ctx, lab, unl, forward=None):
+    def losses(self, ctx, lab, unl):
         """Every weighted loss term of one step: the supervised one per net, then the method's own.
-        lab: {"x", "target", "weight"}; unl: the unlabeled batch or None; forward: the nets' callables
-        (compiled ones, say), ctx.nets by default."""
-        forward = forward or ctx.nets
+        lab: {"x", "target", "weight"}; unl: the unlabeled batch or None."""
         terms = {}
-        for i, net in enumerate(forward):
-            sup = heatmap_mse(net(lab["x"]).float(), lab["target"], lab["weight"])
-            terms[f"sup{i}" if len(forward) > 1 else "sup"] = self.sup_weight * sup
+        for i in range(self.nets):
+            sup = heatmap_mse(ctx.forward(lab["x"], i), lab["target"], lab["weight"])
+            terms[f"sup{i}" if self.nets > 1 else "sup"] = self.sup_weight * sup
         if unl is not None:
             w = self.unsup_weight(ctx.step)
             terms.update({k: w * v if is_loss(k) else v for k, v in self.unsupervised(ctx, unl).items()})

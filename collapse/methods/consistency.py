@@ -21,10 +21,9 @@ class Consistency(Method):
     order, cost = 1, 2.4
 
     def unsupervised(self, ctx, unl):
-        net = ctx.nets[0]
         a = self.student_view(ctx, unl, "easy")
         b = self.student_view(ctx, unl, "fresh")
-        pa, pb = net(a.image).float(), net(b.image).float()
+        pa, pb = ctx.forward(a.image), ctx.forward(b.image)
         moved, field = ctx.batches.transport(pa, a.A, a.flip, b.A, b.flip)  # gradient through both
         return {"unsup": heatmap_mse(pb, moved, field), **self.outside_share(ctx, unl, b, field)}
 
@@ -37,9 +36,6 @@ class TeacherStudent(Method):
     views = ("easy", "fresh")
     cost = 2.0
 
-    def teacher(self, ctx):
-        return ctx.nets[0]
-
     def weight(self, confidence, target):
         """Loss weights beyond the field mask, broadcastable to (B,J,H,W), or None. confidence: the
         teacher's per-joint peak (B,J), in the student's channel order like the target."""
@@ -48,14 +44,14 @@ class TeacherStudent(Method):
     def unsupervised(self, ctx, unl):
         tv = ctx.batches.view(unl, self.views[0])
         with torch.no_grad():
-            heat = self.teacher(ctx)(tv.image).float()
+            heat = ctx.forward(tv.image, teacher=True)
         sv = self.student_view(ctx, unl, self.views[1])
         x = self.cut(ctx, sv.image, heat, tv, sv)
         target, field = self.target(ctx, heat, tv, sv)
         # joint channels are swapped where the views differ by a mirror: per-joint facts follow the target
         confidence = ctx.batches.reorder(heat.amax((2, 3)), tv, sv)
         extra = self.weight(confidence, target)
-        pred = ctx.nets[0](x).float()
+        pred = ctx.forward(x)
         return {"unsup": heatmap_mse(pred, target, field if extra is None else field * extra),
                 **self.outside_share(ctx, unl, sv, field)}
 
@@ -89,9 +85,6 @@ class MeanTeacher(TeacherStudent):
         for p in ema.parameters():
             p.requires_grad_(False)
         ctx.teachers = [ema]
-
-    def teacher(self, ctx):
-        return ctx.teachers[0]
 
     @torch.no_grad()
     def after_step(self, ctx):
@@ -179,13 +172,13 @@ class Dual(Method):
     def unsupervised(self, ctx, unl):
         tv = ctx.batches.view(unl, "easy")
         with torch.no_grad():
-            heats = [net(tv.image).float() for net in ctx.nets]
+            heats = [ctx.forward(tv.image, i) for i in range(self.nets)]
         extra = ctx.batches.views.extra(len(tv.image), tv.image.device)
         terms = {}
-        for i, net in enumerate(ctx.nets):
+        for i in range(self.nets):
             other = heats[1 - i]
             sv = self.student_view(ctx, unl, "hard", extra)
             x = self.cut(ctx, sv.image, other, tv, sv)
             target, field = self.target(ctx, other, tv, sv)
-            terms[f"unsup{i}"] = heatmap_mse(net(x).float(), target, field)
+            terms[f"unsup{i}"] = heatmap_mse(ctx.forward(x, i), target, field)
         return {**terms, **self.outside_share(ctx, unl, sv, field)}

@@ -54,11 +54,11 @@ class GuidedMix(Method):
     def variant(cls, s):
         return " (mixed teaches clean)" if s.get("mix_direction") == "mixed_teaches_clean" else ""
 
-    def losses(self, ctx, lab, unl, forward=None):
-        terms = super().losses(ctx, lab, None, forward)
+    def losses(self, ctx, lab, unl):
+        terms = super().losses(ctx, lab, None)
         if unl is None:
             return terms
-        net, gen = ctx.nets[0], ctx.batches.gen
+        gen = ctx.batches.gen
         xu = self.student_view(ctx, unl, "easy").image
         pair = pair_labeled(lab["x"], xu, self.cfg.mix_pairing, gen)
         lam = torch.rand(len(xu), generator=gen).to(xu.device) * self.cfg.mix_max
@@ -66,11 +66,11 @@ class GuidedMix(Method):
         g_l = lab["target"][pair]
         if self.cfg.mix_direction == "clean_teaches_mixed":
             with torch.no_grad():
-                target = net(xu).float()
-            pred = recover(net(mixed).float(), g_l, lam)
+                target = ctx.forward(xu)
+            pred = recover(ctx.forward(mixed), g_l, lam)
         else:
             with torch.no_grad():
-                target = recover(net(mixed).float(), g_l, lam)
-            pred = net(xu).float()
+                target = recover(ctx.forward(mixed), g_l, lam)
+            pred = ctx.forward(xu)
         terms["unsup"] = self.unsup_weight(ctx.step) * heatmap_mse(pred, target)
         return terms

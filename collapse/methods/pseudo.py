@@ -9,16 +9,17 @@ drifts toward background: the collapse mode this toolkit studies). Joints whose 
 is below `pl_threshold` carry no loss. Pseudo-labels, reliability scores and the selection are kept
 in the run folder (`pseudo_labels.npz`, `reliability.npz`) and in the checkpoint, so stages resume.
 """
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..augment import about_centre, normalise, strong_photometric, transform_points, warp
+from ..config import ConfigError
 from ..data.skeleton import OKS_SIGMAS
 from ..heatmaps import decode
-from ..runs import atomic_write_bytes_from
-from ..config import ConfigError
+from ..models import evaluating
 from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from .registry import register
 
@@ -66,12 +67,8 @@ def label_pool(predict, batches, pool, ensemble="none", chunk=512):
 def net_predict(net):
     """A network as a teacher for label_pool: its eval-mode prediction of each view."""
     def predict(x, *_):
-        was = net.training
-        net.eval()
-        try:
+        with evaluating(net):
             return net(x)
-        finally:
-            net.train(was)
     return predict
 
 
@@ -133,7 +130,7 @@ class PseudoLabelBase(Method):
         target, weight = ctx.batches.targets(v.A, v.flip, pseudo)
         # the teacher labeled the plain view: where the student's view shows what it never saw, no loss
         field = ctx.batches.field(unl["base"], v.A)
-        return {"unsup": heatmap_mse(ctx.nets[0](v.image).float(), target, weight[..., None, None] * field),
+        return {"unsup": heatmap_mse(ctx.forward(v.image), target, weight[..., None, None] * field),
                 **self.outside_share(ctx, unl, v, field)}
 
     def relabel(self, ctx, net, rows=None):
@@ -146,13 +143,8 @@ class PseudoLabelBase(Method):
             keep[rows] = False
             kp, conf = torch.where(keep[:, None, None], old_kp, kp), torch.where(keep[:, None], old_conf, conf)
         self.labels = (kp, conf)
-        self.write(ctx, "pseudo_labels.npz", keypoints=kp.cpu().numpy(), confidence=conf.cpu().numpy(),
+        ctx.save_artifact("pseudo_labels.npz", keypoints=kp.cpu().numpy(), confidence=conf.cpu().numpy(),
                    pool_rows=pool.rows, stage=np.array(self.stage), step=np.array(ctx.step + 1))
-
-    @staticmethod
-    def write(ctx, name, **arrays):
-        if ctx.run is not None:
-            atomic_write_bytes_from(ctx.run.file(name), lambda f: np.savez(f, **arrays))
 
     def state_dict(self):
         return dict(labels=self.labels, stage=self.stage)
@@ -176,7 +168,7 @@ class PseudoLabel(PseudoLabelBase):
         if ctx.step + 1 == self.boundary:
             self.stage = "student"
             self.relabel(ctx, ctx.nets[0])
-            ctx.reset_net(0)
+            ctx.restart(0)
 
 
 @register("self_training")
@@ -210,22 +202,20 @@ class SelfTraining(PseudoLabelBase):
             self.relabel(ctx, net)
             if self.cfg.st_plus:
                 self.select(ctx, net)
-            ctx.reset_net(0)
+            ctx.restart(0)
         elif self.cfg.st_plus and done == self.second:
             self.stage = "all"
             rest = torch.as_tensor(np.setdiff1d(np.arange(len(ctx.batches.unlabeled_pool)),
                                                 ctx.batches.unlabeled_subset.numpy()))
             self.relabel(ctx, net, rest)
             ctx.batches.unlabeled_subset = None
-            ctx.reset_net(0)
+            ctx.restart(0)
 
     def select(self, ctx, final_net):
         """Score every unlabeled crop by checkpoint agreement; train on the top select_ratio first."""
-        import copy
         pool, batches = ctx.batches.unlabeled_pool, ctx.batches
         final_kp, final_conf = label_pool(net_predict(final_net), batches, pool)
-        crop = torch.as_tensor(pool.store.meta["crop"][pool.rows]).to(final_kp)
-        area = torch.as_tensor(pool.store.meta["area"][pool.rows]).to(final_kp) * torch.linalg.det(crop[:, :2, :2])
+        area = pool.areas().to(final_kp)
         probe = copy.deepcopy(final_net)
         scores = 0
         for snap in self.snapshots:
@@ -237,7 +227,7 @@ class SelfTraining(PseudoLabelBase):
         chosen = order[: max(1, int(round(self.cfg.select_ratio * len(pool))))]
         batches.unlabeled_subset = chosen.cpu()  # indices are drawn on the CPU: no device sync per step
         self.snapshots = []  # no longer needed; keeps checkpoints small
-        self.write(ctx, "reliability.npz", score=scores.cpu().numpy(), selected=chosen.cpu().numpy(),
+        ctx.save_artifact("reliability.npz", score=scores.cpu().numpy(), selected=chosen.cpu().numpy(),
                    pool_rows=pool.rows)
 
     def state_dict(self):

@@ -1,4 +1,6 @@
 """Pose networks, by name: a tiny CPU net and SimpleBaseline ResNets. All map (B,3,H,W) to (B,J,H/s,W/s)."""
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -44,3 +46,15 @@ class Average(nn.Module):
 
     def forward(self, x):
         return torch.stack([n(x).float() for n in self.nets]).mean(0)
+
+
+@contextmanager
+def evaluating(net):
+    """Run `net` in eval mode (BatchNorm on its running statistics) and give it back in the mode it had:
+    how evaluation, probes and pseudo-labeling see a network mid-training."""
+    was = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was)

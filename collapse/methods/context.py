@@ -1,0 +1,42 @@
+"""What a method sees of a run: its networks (and their teachers), the batch maker, the step, and three
+doors out: `forward` (every pass a method makes), `save_artifact` (files a recipe leaves in the run
+folder) and `restart` (a fresh student). Nothing else of the trainer is reachable from a method."""
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Context:
+    nets: list                       # the trained networks (each gets the supervised loss)
+    batches: object                  # collapse.data.batches.Batches (views, targets, transport)
+    teachers: list = None            # what teaches each net (default: the net itself; an EMA copy for mean_teacher)
+    step: int = 0
+    steps: int = 0                   # the run's length (staged recipes place their stages by it)
+    compile: bool = False            # train.compile: passes go through torch.compile'd callables
+    on_artifact: object = None       # (name, {array name: numpy array}) -> writes RUN/name; None: not kept
+    on_restart: object = None        # (net index) -> re-initialise that net with a fresh optimizer state
+    _compiled: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.teachers is None:
+            self.teachers = list(self.nets)
+
+    def forward(self, x, net=0, teacher=False):
+        """Net `net`'s prediction of x (its teacher's with teacher=True), in float32 for the losses. Every pass
+        a method makes goes through here, so compiling (train.compile) covers all of them."""
+        module = (self.teachers if teacher else self.nets)[net]
+        if self.compile:
+            if id(module) not in self._compiled:
+                self._compiled[id(module)] = torch.compile(module)
+            module = self._compiled[id(module)]
+        return module(x).float()
+
+    def save_artifact(self, name, **arrays):
+        """Keep arrays (numpy) as RUN/name (.npz), written atomically; a no-op outside a run."""
+        if self.on_artifact is not None:
+            self.on_artifact(name, arrays)
+
+    def restart(self, net):
+        """Net `net` becomes a fresh student: new weights, empty optimizer state (seeded by the run and step)."""
+        self.on_restart(net)
