@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .data.skeleton import FLIP_INDEX, labeled
 
 
 class PerSampleCrops(torch.utils.data.Dataset):
@@ -47,9 +48,8 @@ class PerSampleCrops(torch.utils.data.Dataset):
         img = Image.fromarray(crop).transform((w, h), Image.AFFINE, tuple(inv[:2].reshape(-1)), Image.BILINEAR)
         x = (np.asarray(img, dtype=np.float32) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
         pts = kps[:, :2] @ M[:2, :2].T + M[:2, 2]
-        vis = kps[:, 2] > 0
+        vis = labeled(kps[:, 2])
         if flip:
-            from .data.skeleton import FLIP_INDEX
             pts, vis = pts[list(FLIP_INDEX)], vis[list(FLIP_INDEX)]
         stride = d.heatmap_stride
         hh, hw_ = h // stride, w // stride

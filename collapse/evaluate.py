@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .augment import about_centre, normalise, store_to_input, swap_flipped, transform_points, warp
+from .data.skeleton import PERSON, labeled
 from .heatmaps import decode, decode_dark
 from .models import evaluating
 
@@ -65,7 +66,7 @@ def to_coco_results(image_ids, coords, conf, box_scores=None):
         good = c > IN_VIS_THRE
         score = (float(c[good].mean()) if good.any() else float(c.mean())) * float(bs)
         kps = np.concatenate([xy, c[:, None]], 1).reshape(-1)
-        results.append(dict(image_id=int(img), category_id=1, keypoints=[round(float(v), 3) for v in kps],
+        results.append(dict(image_id=int(img), category_id=PERSON, keypoints=[round(float(v), 3) for v in kps],
                             score=round(score, 5)))
     return results
 
@@ -107,10 +108,10 @@ def coco_ap(gt_coco, results, image_ids):
 
 def pck(coords, keypoints, bbox, alpha=0.1):
     """Share of labeled joints predicted within alpha * max(box width, height) of the ground truth."""
-    labeled = keypoints[..., 2] > 0
+    has_label = labeled(keypoints[..., 2])
     dist = np.linalg.norm(coords - keypoints[..., :2], axis=-1)
     thr = alpha * np.maximum(bbox[:, 2], bbox[:, 3])[:, None]
-    return float((dist < thr)[labeled].mean()) if labeled.any() else 0.0
+    return float((dist < thr)[has_label].mean()) if has_label.any() else 0.0
 
 
 def evaluate(net, val, cfg):

@@ -5,6 +5,7 @@ import torch
 
 from ..augment import ViewMaker, normalise, normalise_float, store_to_input, swap_flipped, transform_points, warp
 from ..heatmaps import gaussian_targets
+from .skeleton import labeled
 
 
 class View(NamedTuple):
@@ -40,7 +41,7 @@ class Batches:
         vis = swap_flipped(keypoints[..., 2], flip)
         h, w = self.input_hw
         inside = (pts[..., 0] >= 0) & (pts[..., 0] < w) & (pts[..., 1] >= 0) & (pts[..., 1] < h)
-        weight = ((vis > 0) & inside).float()
+        weight = (labeled(vis) & inside).float()
         return gaussian_targets(pts / self.stride, weight, self.heatmap_hw, self.cfg.data.sigma), weight
 
     def labeled(self, n):

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .skeleton import NUM_JOINTS
+from .skeleton import NUM_JOINTS, PERSON
 
 
 class DataError(ValueError):
@@ -56,7 +56,7 @@ def person_instances(coco, path="annotations", require_keypoints=True):
     Kept as the paper's code does: person category, not crowd, area > 0, a box with positive size,
     and at least one labeled keypoint. Returns a dict of numpy arrays.
     """
-    person = [c["id"] for c in coco.dataset["categories"] if c.get("name") == "person"] or [1]
+    person = [c["id"] for c in coco.dataset["categories"] if c.get("name") == "person"] or [PERSON]
     rows = []
     for img in coco.dataset["images"]:
         if not isinstance(img, dict) or not {"id", "file_name", "width", "height"} <= set(img):

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..runs import atomic_write_json
 from .coco import DataError, annotation_path, load_coco, person_instances
-from .skeleton import JOINTS
+from .skeleton import JOINTS, PERSON
 
 SPLIT_SIZES = (1000, 5000, 10000, -1)
 
@@ -71,9 +71,9 @@ def detection_split(root, images_file, detections, out_split, min_score=0.5):
     anns = []
     for d in dets:
         x, y, w, h = d["bbox"]
-        if d.get("category_id", 1) != 1 or d["score"] < min_score or d["image_id"] not in images or w <= 0 or h <= 0:
+        if d.get("category_id", PERSON) != PERSON or d["score"] < min_score or d["image_id"] not in images or w <= 0 or h <= 0:
             continue
-        anns.append(dict(id=len(anns) + 1, image_id=d["image_id"], category_id=1, bbox=[x, y, w, h], area=w * h,
+        anns.append(dict(id=len(anns) + 1, image_id=d["image_id"], category_id=PERSON, bbox=[x, y, w, h], area=w * h,
                          iscrowd=0, num_keypoints=0, keypoints=[0] * 3 * len(JOINTS), score=d["score"]))
     if not anns:
         raise DataError(f"{detections}: no person detections with score >= {min_score} on these images")

@@ -34,7 +34,13 @@ OKS_SIGMAS = np.array(
     [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
 ) / 10.0
 
+def labeled(visibility):
+    """Whether a joint carries a label: COCO visibility 1 (occluded) or 2 (visible); 0 is unlabeled."""
+    return visibility > 0
+
+
 COCO_PERSON_CATEGORY = {
     "id": 1, "name": "person", "supercategory": "person",
     "keypoints": list(JOINTS), "skeleton": [list(l) for l in COCO_SKELETON],
 }
+PERSON = COCO_PERSON_CATEGORY["id"]  # the category every file this toolkit writes gives its people

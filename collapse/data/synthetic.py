@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..runs import atomic_write_text
-from .skeleton import COCO_PERSON_CATEGORY, NUM_JOINTS
+from .skeleton import COCO_PERSON_CATEGORY, NUM_JOINTS, PERSON, labeled
 
 SPLITS = {"train": 0, "val": 1}
 OCCLUDER_ID = 250
@@ -231,8 +231,8 @@ def render(seed, split, index):
             # +0.5: PIL draws pixel k's centre at k; COCO coordinates put it at k + 0.5
             kps += [round(float(x) + 0.5, 2), round(float(y) + 0.5, 2), 2 if visible else 1]
         anns.append(dict(bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)], area=float(area),
-                         keypoints=kps, num_keypoints=sum(1 for v in kps[2::3] if v > 0), iscrowd=0,
-                         category_id=1))
+                         keypoints=kps, num_keypoints=sum(1 for v in kps[2::3] if labeled(v)), iscrowd=0,
+                         category_id=PERSON))
     return img, anns
 
 
