@@ -6,25 +6,13 @@
     analysis.write_figures("results/demo", "figures/")
     analysis.claims("results/demo")                # the paper's claims: paired effects, 95% intervals, verdicts
 """
+from .claims import claims
 from .detector import collapse_curves, collapse_table, final_ap
 from .drift import boundary_drift, response_histograms
+from .figures import write_figures
 from .results import NotResults, load, run_folders
+from .tables import report
 
 __all__ = ["load", "run_folders", "NotResults", "collapse_curves", "collapse_table", "final_ap",
            "boundary_drift", "response_histograms", "write_figures", "report", "claims"]
 
-
-def write_figures(results_dir, out_dir):
-    from .figures import write_figures as _w
-    return _w(results_dir, out_dir)
-
-
-def claims(results_dir):
-    """The paper's claims as verdicts over a results folder (see analysis/claims.py)."""
-    from .claims import claims as _c
-    return _c(results_dir)
-
-
-def report(results_dir, out_dir=None):
-    from .tables import report as _r
-    return _r(results_dir, out_dir)

@@ -1,13 +1,13 @@
 """The demo's table and collapse-curve figure, from the analysis package's one detector and one final AP,
 so `collapse demo`, `collapse report` and `analysis.collapse_table` can never disagree on the same runs."""
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from collapse.data.coco import DataError
 from collapse.runs import atomic_write_bytes_from
 
 from .detector import collapse_curves, collapse_table, final_ap
-from .results import method_order
-from .results import load
+from .results import load, method_order
 
 
 def demo_table(results_dir, names):
@@ -36,9 +36,6 @@ def demo_table(results_dir, names):
 
 def demo_figure(results_dir, names, path_stem):
     """Collapse curves: unlabeled mean peak response and AP vs step, one line per run (PNG + PDF)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "collapse"})
     runs, metrics, probes = load(results_dir)
     runs = runs[runs.run.isin(list(names))]

@@ -1,15 +1,20 @@
-"""Paper-ready figures: PDF with embedded TrueType fonts and PNG, byte-identical for the same input."""
-import numpy as np
+"""Paper-ready figures: PDF with embedded TrueType fonts and PNG, byte-identical for the same input.
+No backend is forced: matplotlib picks Agg where there is no display, and a notebook keeps its own."""
+import os
 
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from collapse.data.skeleton import LIMBS
 from collapse.runs import atomic_write_bytes_from
 
-from .results import method_order
+from .detector import COLLAPSE_RATIO, collapse_curves, collapse_table, final_ap, mean_over_seeds
+from .drift import boundary_drift, response_histograms
+from .results import load, method_order
 
 
 def setup():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "collapse",
                          "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7})
     return plt
@@ -17,7 +22,6 @@ def setup():
 
 def save(fig, path_stem):
     """Write path_stem.png and .pdf atomically (no creation date, so reruns give the same bytes)."""
-    import matplotlib.pyplot as plt
     paths = []
     for ext in ("png", "pdf"):
         meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
@@ -30,7 +34,6 @@ def save(fig, path_stem):
 
 # -- the figures of a results folder ---------------------------------------------------------------
 def _palette(labels):
-    import seaborn as sns
     labels = list(labels)
     n = max(len(labels), 1)
     # tab10 while it lasts; beyond 10 lines, distinct hues (tab10 would repeat colours)
@@ -43,7 +46,6 @@ def _style(label):
 
 def _lines(ax, frame, value, palette, marker=None):
     """One line per label (mean over seeds), shaded +-1 std where there are several seeds."""
-    from .detector import mean_over_seeds
     for label in palette:
         d = frame[frame.label == label]
         if not len(d):
@@ -58,7 +60,6 @@ def _lines(ax, frame, value, palette, marker=None):
 
 def collapse_curves_figure(runs, metrics, probes, stem):
     """Unlabeled mean max response, the collapse index, and val AP vs step, one line per method."""
-    from .detector import collapse_curves, COLLAPSE_RATIO
     plt = setup()
     curves = collapse_curves(runs, probes)
     palette = _palette(sorted(curves.label.unique(), key=method_order))
@@ -82,7 +83,6 @@ def collapse_curves_figure(runs, metrics, probes, stem):
 
 def response_distributions_figure(runs, probes, stem, split="unlabeled"):
     """Ridge plot per method: the pixel-response histogram (log-spaced bins) at each probe step."""
-    from .drift import response_histograms
     plt = setup()
     h = response_histograms(runs, probes, split)
     h = h[h.edge > 0]  # the bins above 0.001; the mass at ~0 (background) would flatten every ridge
@@ -110,7 +110,6 @@ def response_distributions_figure(runs, probes, stem, split="unlabeled"):
 
 def boundary_drift_figure(runs, probes, stem, split="unlabeled"):
     """Per tau: the foreground's equivalent radius and the share of joint pixels called background."""
-    from .drift import boundary_drift
     plt = setup()
     d = boundary_drift(runs, probes, split)
     taus = sorted(d.tau.unique())
@@ -135,7 +134,6 @@ def boundary_drift_figure(runs, probes, stem, split="unlabeled"):
 
 def final_ap_figure(runs, metrics, stem):
     """Final AP per method, mean over seeds with the seeds' std as error bars (one group per labeled size)."""
-    from .detector import final_ap
     plt = setup()
     t = runs.assign(AP=final_ap(runs, metrics).values, labeled=runs.get("data.labeled", -1)).dropna(subset=["AP"])
     labels = sorted(t.label.unique(), key=method_order)
@@ -164,7 +162,6 @@ def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.
     """Per method: final AP over the x-y plane (heatmap sigma x unsupervised weight), with the final
     unlabeled response relative to supervised ('resp.'); collapsed cells crossed out: does collapse
     vanish as the foreground share grows?"""
-    from .detector import collapse_table
     plt = setup()
     t = collapse_table(runs, probes, metrics).merge(runs[["run", "method", x, y]], on="run")
     t = t[t.method != "supervised"]
@@ -199,7 +196,6 @@ def phase_diagram_figure(runs, metrics, probes, stem, x="data.sigma", y="method.
 # -- collapse you can see: predicted heatmaps of fixed unlabeled crops ---------------------------------
 def _galleries(runs):
     """label -> that label's gallery.npz (lowest seed, finished or not), in plot order."""
-    import os
     out = {}
     rows = runs.assign(seed=runs.get("train.seed", 0)).sort_values("seed")
     for label, path in zip(rows.label, rows.path):
@@ -211,7 +207,6 @@ def _galleries(runs):
 
 def _heatmap_panel(ax, crop, heat, joints, stride):
     """The crop, its summed-joint heatmap (max over joints) overlaid, and the decoded skeleton."""
-    from collapse.data.skeleton import LIMBS
     h, w = crop.shape[:2]
     ax.imshow(crop, extent=(0, w, h, 0))
     ax.imshow(heat.astype(np.float32), extent=(0, w, h, 0), cmap="magma", alpha=0.55, vmin=0, vmax=1)
@@ -277,8 +272,6 @@ def evolution_panels(runs, crop=0, columns=8):
 
 def write_figures(results_dir, out_dir):
     """Every figure of a results folder into out_dir (PNG + PDF each); returns the written paths."""
-    import os
-    from .results import load
     runs, metrics, probes = load(results_dir)
     os.makedirs(out_dir, exist_ok=True)
     j = lambda name: os.path.join(out_dir, name)

@@ -5,6 +5,7 @@ import os
 import pandas as pd
 import yaml
 
+from collapse.errors import UserError
 from collapse.grid import WARM_START
 from collapse.methods import METHODS
 from collapse.probes import PROBE_COLUMNS
@@ -25,7 +26,7 @@ def _read_parquet(path, columns):
     return pd.read_parquet(path) if os.path.exists(path) else pd.DataFrame(columns=columns)
 
 
-class NotResults(ValueError):
+class NotResults(UserError):
     """The folder holds no run folders (no manifest.json below it)."""
 
 

@@ -2,8 +2,7 @@
 sizes, cells = final OKS AP x 100 as mean +- std over seeds (n seeds shown when not all cells agree)."""
 import os
 
-import numpy as np
-import pandas as pd
+from collapse.runs import atomic_write_text
 
 from .detector import final_ap
 from .results import load, method_order
@@ -39,7 +38,6 @@ def report(results_dir, out_dir=None):
     cells, _ = comparison(runs, metrics)
     md = "final OKS AP x 100, mean ± std over seeds\n\n" + cells.to_markdown() + "\n"
     if out_dir:
-        from collapse.runs import atomic_write_text
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, "table.md"), md)
         atomic_write_text(os.path.join(out_dir, "table.tex"), to_latex(cells))

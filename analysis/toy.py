@@ -34,6 +34,9 @@ import torch.nn as nn
 from collapse.config import method_settings
 from collapse.data.batches import View
 from collapse.methods import Context, build_method
+from collapse.runs import atomic_write_text
+
+from .figures import save, setup
 
 MAJOR_CENTRE, MINOR_CENTRE = (-1.0, 0.0), (1.0, 0.0)
 
@@ -197,7 +200,6 @@ def displacement(measures):
 
 def figure(grids, data, s: ToySettings, path_stem):
     """Rows = methods, columns = steps: the 0.5 boundary over the data (PNG + PDF)."""
-    from .figures import save, setup
     plt = setup()
     (xl, yl), (xu, yu), (gx, gy) = data
     steps = sorted(next(iter(grids.values())))
@@ -250,7 +252,6 @@ def run_cli(a, error):
     s = ToySettings(seed=a.seed, steps=a.steps, minor_share=a.minor_share, unsup_weight=a.unsup_weight,
                     snapshots=snaps)
     measures, grids, data = run(s)
-    from collapse.runs import atomic_write_text
     os.makedirs(a.out, exist_ok=True)
     atomic_write_text(os.path.join(a.out, "toy_measures.csv"), measures.to_csv(index=False))
     figure(grids, data, s, os.path.join(a.out, "toy_boundary"))

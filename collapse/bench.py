@@ -12,9 +12,11 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import Config
 from .data.skeleton import FLIP_INDEX, labeled
+from .train import Trainer
 
 
 class PerSampleCrops(torch.utils.data.Dataset):
@@ -28,7 +30,6 @@ class PerSampleCrops(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i):
-        from PIL import Image
         a, d = self.cfg.augment, self.cfg.data
         rng = np.random.default_rng()
         row = self.rows[i]
@@ -74,7 +75,6 @@ def _time_batches(make, n):
 
 def bench(cfg: Config, steps=50, batches=30, workers=None, echo=print):
     """Print and return the figures: steps/s, images/s, data-path share, batched vs per-sample data path."""
-    from .train import Trainer
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, os.path.join(tmp, "bench"), progress=False)
         dev = tr.device

@@ -1,34 +1,28 @@
-"""The `collapse` command."""
+"""The `collapse` command: prepare, train, grid, bench here; the analysis commands (demo, figures, report,
+claims, toy) come from the packages that declare a `collapse.commands` entry point (analysis/cli.py), so
+the library never imports analysis. A user's mistake is one line and exit 2, a failed run one line and exit 1."""
 import argparse
 import os
 import sys
+from importlib.metadata import entry_points
 
-from .config import ConfigError
-
-
-def _user_errors():
-    from .data.coco import DataError
-    from .methods import MethodError
-    from .models import ModelError
-    from .device import DeviceError
-    from analysis.results import NotResults
-    return (ConfigError, DataError, MethodError, ModelError, DeviceError, NotResults, FileNotFoundError)
-
-
-def _run_failures():
-    from .train import NonFiniteLoss
-    return (NonFiniteLoss,)
+from . import config
+from .bench import bench
+from .data import synthetic
+from .data.prepare_coco import prepare
+from .errors import ConfigError, RunFailure, UserError
+from .grid import die_with_parent, run_grid
+from .runs import run_id
+from .train import train
 
 
 def cmd_prepare(args):
     if args.source == "synthetic":
-        from .data import synthetic
         if args.train <= 0 or args.val <= 0:
             raise ConfigError("--train and --val must be positive")
         synthetic.prepare(args.out, args.train, args.val, args.seed, args.workers)
         print(f"wrote {args.train} train and {args.val} val images to {args.out}")
     else:
-        from .data.prepare_coco import prepare
         sizes = []
         for text in args.sizes.split(","):
             try:
@@ -40,7 +34,6 @@ def cmd_prepare(args):
 
 
 def _default_out(cfg, base="results"):
-    from .runs import run_id
     return os.path.join(base, f"{cfg.method.name}-{run_id(cfg.to_dict())}")
 
 
@@ -55,8 +48,6 @@ def _print_final(manifest):
 
 
 def cmd_train(args):
-    from . import config
-    from .train import train
     cfg = config.load(args.config, args.overrides)
     out = args.out or _default_out(cfg)
     manifest = train(cfg, out, progress=not args.quiet)
@@ -64,33 +55,7 @@ def cmd_train(args):
     _print_final(manifest)
 
 
-def cmd_demo(args):
-    from . import demo
-    from .config import ConfigError
-    from analysis.claims import claims, to_markdown
-    from analysis.demo import demo_figure, demo_table
-    args.grid = args.grid or demo.GRID
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    except ValueError:
-        raise ConfigError(f"--seeds takes a comma-separated list of integers, got '{args.seeds}'")
-    for seed in seeds:
-        print(f"collapse demo: the study's methods on the synthetic set, seed {seed}, {args.jobs} at a time")
-        names = demo.run_all(args.grid, args.out, seed, args.overrides, args.jobs)
-        table = demo_table(args.out, names.values())
-        print(table.to_markdown(floatfmt=".3f"))
-    demo_figure(args.out, names.values(), os.path.join(args.out, "collapse_curves"))
-    from .runs import atomic_write_text
-    atomic_write_text(os.path.join(args.out, "table.md"), table.to_markdown(floatfmt=".3f") + "\n")
-    print(f"figure: {os.path.join(args.out, 'collapse_curves.png')} (and .pdf), table: table.md (seed {seeds[-1]})")
-    found = claims(args.out)
-    found = found[found.verdict != "no runs"]
-    print("\nthe paper's claims these runs can test (every seed in the folder; `collapse claims` for all):")
-    print(to_markdown(found), end="")
-
-
 def cmd_grid(args):
-    from .grid import run_grid
     states = run_grid(args.grid, args.out, args.executor, args.scale, args.dry_run, args.retry_failed, args.jobs,
                       args.threads, args.address, args.cpus, args.gpus)
     if not args.dry_run and any(s == "failed" for s in states.values()):
@@ -98,40 +63,9 @@ def cmd_grid(args):
 
 
 def cmd_bench(args):
-    from . import config
-    from .bench import bench
     if args.steps < 1 or args.batches < 1:
         raise ConfigError("--steps and --batches must be positive")
     bench(config.load(args.config, args.overrides), args.steps, args.batches, args.workers)
-
-
-def cmd_figures(args):
-    from analysis import write_figures
-    paths = write_figures(args.results, args.out)
-    print("\n".join(paths))
-
-
-def cmd_report(args):
-    from analysis import report
-    print(report(args.results, args.out), end="")
-    if args.out:
-        from analysis.claims import write
-        write(args.results, args.out)
-        print(f"wrote {os.path.join(args.out, 'table.md')}, table.tex and, beside them, claims.md (the paper's claims "
-              "with intervals over seeds: collapse claims)")
-    else:
-        print(f"the paper's claims with intervals over seeds: collapse claims {args.results}")
-
-
-def cmd_claims(args):
-    from analysis.claims import write
-    print(write(args.results, args.out), end="")
-    print(f"wrote {os.path.join(args.out or args.results, 'claims.md')} and claims.json")
-
-
-def cmd_toy(args):
-    from analysis import toy
-    toy.run_cli(args, lambda msg: (_ for _ in ()).throw(ConfigError(msg)))
 
 
 def parser():
@@ -169,20 +103,6 @@ def parser():
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 
-    de = sub.add_parser("demo", help="the main job: the study's methods on the embedded synthetic set",
-                        description="Prepare the synthetic set if absent, run the demo grid (configs/grids/demo.yaml: "
-                        "a supervised stage per seed, then supervised, consistency, mean_teacher, threshold, reweight, "
-                        "easy_hard and dual continue from it) through the grid machinery (resumable); print the table, "
-                        "write the collapse-curve figure, and print the verdicts on the paper's claims the folder's "
-                        "runs can test.")
-    de.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
-    de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--seeds", help="several seeds in turn, e.g. 0,1,2 (the claims need >= 3 for a verdict)")
-    de.add_argument("--grid", default=None, help="the demo grid (default configs/grids/demo.yaml)")
-    de.add_argument("--jobs", type=int, default=2, help="runs at once, one CPU thread each (default 2)")
-    de.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    de.set_defaults(func=cmd_demo)
-
     gr = sub.add_parser("grid", help="run an ablation grid (resumable; local processes or Ray)",
                         description="Expand a grid file into runs named by the hash of their resolved config; "
                         "skip finished runs, resume interrupted ones, record failed ones and go on.")
@@ -211,49 +131,25 @@ def parser():
     be.add_argument("--workers", type=int, help="DataLoader workers of the per-sample pipeline (default: CPU count)")
     be.set_defaults(func=cmd_bench)
 
-    fi = sub.add_parser("figures", help="paper-ready figures of a results folder (PNG + PDF)",
-                        description="Collapse curves, response distributions (ridge), fg/bg boundary drift and "
-                        "final-AP bars of every run under RESULTS; PDF with embedded TrueType fonts, and PNG.")
-    fi.add_argument("results", help="results folder (runs anywhere below it)")
-    fi.add_argument("--out", required=True, help="folder for the figures")
-    fi.set_defaults(func=cmd_figures)
+    for plugin in entry_points(group="collapse.commands"):  # analysis: demo, figures, report, claims, toy
+        plugin.load()(sub)
 
-    re_ = sub.add_parser("report", help="the comparison table (Markdown; LaTeX too with --out)",
-                         description="Rows = methods (+ augmentation), columns = labeled-set sizes, cells = final "
-                         "OKS AP x 100, mean +- std over seeds.")
-    re_.add_argument("results", help="results folder")
-    re_.add_argument("--out", help="also write table.md and table.tex here")
-    re_.set_defaults(func=cmd_report)
-
-    cl = sub.add_parser("claims", help="the paper's claims as verdicts with 95%% intervals over seeds",
-                        description="Pairs the runs of a results folder by setting and seed and gives, per claim of "
-                        "the paper (C1-C7, and the dual-vs-single factors F1-F6), the paired difference in final AP "
-                        "and unlabeled response, its 95%% interval and a verdict: holds, fails, inconclusive or no runs.")
-    cl.add_argument("results", help="results folder")
-    cl.add_argument("--out", help="folder for claims.md and claims.json (default: the results folder)")
-    cl.set_defaults(func=cmd_claims)
-
-    from analysis.toy import DESCRIPTION, add_arguments
-    to = sub.add_parser("toy", help="the 2-D toy study of the decision boundary", description=DESCRIPTION)
-    add_arguments(to)
-    to.set_defaults(func=cmd_toy)
     return p
 
 
 def main(argv=None):
     if os.environ.get("COLLAPSE_DIE_WITH_PARENT") == "1":  # a grid's training subprocess
-        from .grid import die_with_parent
         die_with_parent()
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except _user_errors() as e:
+    except (UserError, FileNotFoundError) as e:
         if args.debug:
             raise
         msg = str(e) if not isinstance(e, FileNotFoundError) else f"file not found: {e.filename or e}"
         print(f"collapse: error: {msg}", file=sys.stderr)
         return 2
-    except _run_failures() as e:
+    except RunFailure as e:
         if args.debug:
             raise
         print(f"collapse: run failed: {e}", file=sys.stderr)

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError  # noqa: F401  (re-exported: the config's error)
 
 
 @dataclass

@@ -1,9 +1,7 @@
 """Where a run computes: the device named by train.device, and whether bf16 autocast pays there."""
 import torch
 
-
-class DeviceError(ValueError):
-    pass
+from .errors import DeviceError  # noqa: F401  (re-exported)
 
 
 def resolve_device(name):

@@ -8,9 +8,10 @@ import io
 
 import numpy as np
 import torch
+from pycocotools.cocoeval import COCOeval
 
 from .augment import about_centre, normalise, store_to_input, swap_flipped, transform_points, warp
-from .data.skeleton import PERSON, labeled
+from .data.skeleton import OKS_SIGMAS, PERSON, labeled
 from .heatmaps import decode, decode_dark
 from .models import evaluating
 
@@ -74,7 +75,6 @@ def to_coco_results(image_ids, coords, conf, box_scores=None):
 def oks_nms(results, areas, threshold=0.9):
     """Per image, keep instances in score order, dropping any whose OKS with a kept one (on the kept
     one's area) exceeds threshold. Returns the kept results."""
-    from .data.skeleton import OKS_SIGMAS
     k2 = (2 * np.asarray(OKS_SIGMAS)) ** 2
     kept = []
     by_image = {}
@@ -93,7 +93,6 @@ def oks_nms(results, areas, threshold=0.9):
 
 def coco_ap(gt_coco, results, image_ids):
     """OKS AP/AR through pycocotools, restricted to the evaluated images."""
-    from pycocotools.cocoeval import COCOeval
     if not results:
         return {k: 0.0 for k in COCO_STATS}
     with contextlib.redirect_stdout(io.StringIO()):

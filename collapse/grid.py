@@ -29,18 +29,24 @@ RESULTS. Done (and collapsed) runs are skipped, interrupted ones resume from the
 ones are recorded with their reason and skipped unless retried. Every run is a `collapse train`
 subprocess, so one crash cannot take the grid down; logs go to RESULTS/logs/.
 """
+import ctypes
 import dataclasses
 import itertools
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
+import torch
 import yaml
 
 from . import config
+from .data.splits import ensure_data
 from .config import ConfigError
 from .methods.registry import METHODS
 from .runs import RunDir, atomic_write_text, final_value, run_id
@@ -182,8 +188,6 @@ def die_with_parent():
     grid process gone) never hides a trainer still writing the run folder. Called by the subprocess
     itself (COLLAPSE_DIE_WITH_PARENT=1): a preexec_fn is not safe with the executor's threads."""
     try:
-        import ctypes
-        import signal
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -284,7 +288,6 @@ def _claimed_run(run, go):
 def visible_gpus():
     """Physical ids of the GPUs this process may use (CUDA_VISIBLE_DEVICES respected), [] on CPU."""
     try:
-        import torch
         n = torch.cuda.device_count()
     except Exception:
         n = 0
@@ -298,7 +301,6 @@ def visible_gpus():
 def run_local(runs, results, jobs=None, threads=None):
     """Run the pending runs in subprocesses: one per visible GPU, or `jobs` at once on CPU (default 1)
     with `threads` CPU threads each (default: the cores divided among the jobs)."""
-    from .data.splits import ensure_data
     for cfg in {(r.cfg.data.root, r.cfg.data.train_split, tuple(r.cfg.data.input_size)): r.cfg for r in runs}.values():
         try:
             ensure_data(cfg)  # once here, not by every parallel run at the same time
@@ -311,8 +313,6 @@ def run_local(runs, results, jobs=None, threads=None):
         jobs = max(1, jobs or 1)
         per = threads or max(1, (os.cpu_count() or 1) // jobs)
         slots = [dict(env=None, args=["train.device=cpu", f"train.threads={per}"]) for _ in range(jobs)]
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-    import queue
     free = queue.Queue()
     for s in slots:
         free.put(s)
@@ -347,7 +347,7 @@ def run_ray(runs, results, address=None, cpus=1, gpus=0):
     """Submit each pending run as a Ray task needing `cpus` CPUs and `gpus` GPUs, to the cluster at
     `address` or a local Ray instance. RESULTS must be on storage every node sees."""
     try:
-        import ray
+        import ray  # an optional dependency (pip install -e .[ray]): imported where it is used
     except ImportError:
         raise GridError("the ray executor needs Ray: pip install -e .[ray]")
     if not ray.is_initialized():

@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 
+import numpy
+import torch
 import yaml
 
 
@@ -53,7 +55,6 @@ def atomic_write_parquet(path, frame):
 
 
 def atomic_torch_save(path, obj):
-    import torch
     buf = io.BytesIO()
     torch.save(obj, buf)
     _atomic_write_bytes(path, buf.getvalue())
@@ -77,8 +78,6 @@ def final_value(final, name="AP"):
 
 
 def versions():
-    import numpy
-    import torch
     return dict(python=platform.python_version(), torch=torch.__version__, numpy=numpy.__version__,
                 platform=platform.platform(), argv=" ".join(sys.argv))
 

@@ -15,6 +15,7 @@ from .data.coco import DataError
 from .data.splits import ensure_data, split_rows, val_set
 from .data.skeleton import NUM_JOINTS
 from .data.store import Pool
+from .errors import RunFailure
 from .device import resolve_device, use_bf16
 from .evaluate import evaluate
 from .methods import Context, build_method, is_loss
@@ -22,7 +23,7 @@ from .models import Average, build_model
 from .probes import PROBE_COLUMNS, Prober, collapse_step, unlabeled_response
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunFailure):
     """The loss became NaN or infinite: the run fails, keeping its last good checkpoint."""
 
 

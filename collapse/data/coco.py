@@ -5,12 +5,10 @@ import json
 import os
 
 import numpy as np
+from pycocotools.coco import COCO
 
+from ..errors import DataError  # noqa: F401  (re-exported: a problem with the user's data)
 from .skeleton import NUM_JOINTS, PERSON
-
-
-class DataError(ValueError):
-    """A problem with the user's data: reported as one line, exit code 2."""
 
 
 def annotation_path(root, split):
@@ -26,7 +24,6 @@ def image_dir(root, split):
 
 def load_coco(path):
     """pycocotools COCO object, with the file's problems turned into DataError."""
-    from pycocotools.coco import COCO
     if not os.path.isfile(path):
         raise DataError(f"annotation file not found: {path}")
     try:

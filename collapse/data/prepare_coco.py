@@ -20,6 +20,7 @@ import numpy as np
 from ..runs import atomic_write_json
 from .coco import DataError, annotation_path, load_coco, person_instances
 from .skeleton import JOINTS, PERSON
+from .store import build
 
 SPLIT_SIZES = (1000, 5000, 10000, -1)
 
@@ -91,7 +92,6 @@ def unlabeled_from_detections(root, detections, min_score=0.5, split="unlabeled2
 
 def prepare(root, unlabeled_boxes=None, min_score=0.5, sizes=((256, 192), (384, 288)), margin=1.25,
             workers=None, seed=0, echo=print):
-    from .store import build
     if not os.path.isdir(root):
         raise DataError(f"COCO folder not found: {root}")
     workers = (os.cpu_count() or 1) if workers is None else workers

@@ -6,6 +6,7 @@ the box widened to the input aspect ratio, then enlarged 1.25x. JPEG decoding ha
 again; stores are keyed by split, input size and margin and reused by every run.
 """
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import shutil
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..augment import transform_points, warp
 from ..runs import atomic_write_json
@@ -58,10 +60,6 @@ class CropStore:
     def store_hw(self):
         return tuple(self.info["store_hw"])
 
-    @property
-    def input_hw(self):
-        return tuple(self.info["input_hw"])
-
 
 def store_path(root, split, input_hw, margin):
     return os.path.join(root, "stores", f"{split}_{input_hw[0]}x{input_hw[1]}_m{margin:g}")
@@ -97,7 +95,6 @@ def build(root, split, input_hw, margin, progress=False, workers=0, require_keyp
     One builder at a time (a file lock); the finished folder is renamed into place. A bad image or
     annotation file leaves nothing behind. require_keypoints=False admits instances without labeled
     joints (an unlabeled pool from detection boxes)."""
-    import fcntl
     path = store_path(root, split, input_hw, margin)
     if os.path.exists(os.path.join(path, "info.json")):
         return CropStore(path)
@@ -136,7 +133,6 @@ def _build_locked(path, inst, images, ann_file, input_hw, margin, progress, work
                  starts[c], ends[c])) for k, c in enumerate(chunks) if not done[k]]
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=len(chunks), initial=int(done.sum()), desc=f"crop store {split}", unit="chunk")
     try:
         if workers > 0 and len(jobs) > 1:

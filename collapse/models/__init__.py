@@ -4,6 +4,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from ..errors import ModelError
 from .hrnet import HRNet, load_hrnet_pretrained
 from .resnet import SimpleBaseline, load_torchvision_backbone
 from .tiny import TinyPose
@@ -15,10 +16,6 @@ MODELS = {
     "hrnet_w32": lambda cfg, joints, stride: HRNet(32, joints),
     "hrnet_w48": lambda cfg, joints, stride: HRNet(48, joints),
 }
-
-
-class ModelError(ValueError):
-    pass
 
 
 def build_model(cfg, joints, stride):

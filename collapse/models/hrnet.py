@@ -4,7 +4,8 @@ COCO checkpoints load by name. Output: heatmaps at stride 4 from the highest-res
 import torch
 import torch.nn as nn
 
-from .resnet import BasicBlock, Bottleneck
+from ..errors import ModelError
+from .resnet import BasicBlock, Bottleneck, _read_state
 
 BN_MOMENTUM = 0.1
 
@@ -113,12 +114,10 @@ class HRNet(nn.Module):
 def load_hrnet_pretrained(net, source):
     """Load the matching tensors (by name and shape) of an HRNet checkpoint (ImageNet or pose) from a file
     or URL; returns the number loaded. The classification head's extra layers are skipped."""
-    from .resnet import _read_state
     state = _read_state(source)
     own = net.state_dict()
     found = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not found:
-        from . import ModelError
         raise ModelError(f"{source} holds no HRNet tensors of this model's names and shapes")
     net.load_state_dict(found, strict=False)
     return len(found)
