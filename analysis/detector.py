@@ -13,15 +13,15 @@ import os
 
 import pandas as pd
 
-from collapse.runs import final_value
+from collapse.runs import EXECUTION, final_value
 from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, collapse_index, collapse_step
 
 REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
 
-# keys that do not make another setting: how a run was executed, and train.init_same (a two-net method's
-# factor, shown in its label, whose runs share the seed's supervised reference)
-IGNORED = ("train.device", "train.threads", "train.progress", "train.stop_on_collapse", "train.collapse_ratio",
-           "train.checkpoint_every", "train.init_same")
+# keys that do not make another setting: how a run was executed (collapse.runs.EXECUTION), whether it was
+# stopped at its collapse, and train.init_same (a two-net method's factor, shown in its label, whose runs
+# share the seed's supervised reference)
+IGNORED = EXECUTION + ("train.stop_on_collapse", "train.collapse_ratio", "train.init_same")
 
 
 def setting_columns(runs, across_seeds=False, without=()):

@@ -11,7 +11,8 @@ from .bench import bench
 from .data import synthetic
 from .data.prepare_coco import prepare
 from .errors import ConfigError, RunFailure, UserError
-from .grid import die_with_parent, run_grid
+from .executors import die_with_parent
+from .grid import run_grid
 from .runs import run_id
 from .train import train
 

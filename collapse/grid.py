@@ -5,7 +5,7 @@ A grid file (configs/grids/*.yaml):
     base: ../demo.yaml            # the config every run starts from (path relative to the grid file)
     scales:                       # optional named sets of overrides; --scale picks one (default: the first)
       demo: {}
-      full: {model.name: resnet18, data.input_size: [256, 192]}
+      full: {base: ../coco/r18_base.yaml, data.labeled: 1000}    # a scale may name its own base
     fixed: {train.steps: 1200}    # optional overrides for every run
     variants:                     # optional explicit rows (non-product), each crossed with the axes;
                                   # a variant's own value of an axis key wins (duplicates are dropped), and a
@@ -27,37 +27,21 @@ train.init_from (say, "" for from scratch) keeps them.
 Each resolved config is a run named `<method>-<run id>` (run id = hash of the resolved config), in
 RESULTS. Done (and collapsed) runs are skipped, interrupted ones resume from their checkpoint, failed
 ones are recorded with their reason and skipped unless retried. Every run is a `collapse train`
-subprocess, so one crash cannot take the grid down; logs go to RESULTS/logs/.
+subprocess, so one crash cannot take the grid down (collapse/executors.py); logs go to RESULTS/logs/.
 """
-import ctypes
 import dataclasses
 import itertools
 import os
-import queue
-import signal
-import socket
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-import torch
-import yaml
-
 from . import config
-from .data.splits import ensure_data
 from .config import ConfigError
+from .executors import FINISHED, GridError, check_answers, run_local, run_ray
 from .methods.registry import METHODS
-from .runs import RunDir, atomic_write_text, final_value, run_id
+from .runs import RunDir, final_value, run_id
 
-FINISHED = ("done", "collapsed")
 WARM_START = "warm_start"   # the folder of a grid's supervised stages, inside its results folder
 SECOND_NET_SEED = 1000      # net 1 of a two-net method starts from the stage of seed + this
-
-
-class GridError(ConfigError):
-    pass
 
 
 @dataclass
@@ -98,6 +82,9 @@ def expand(path, results, scale=None, overrides=()):
     scale_values = scales[scale or next(iter(scales))] if scales else {}
     if not isinstance(scale_values or {}, dict):
         raise GridError(f"{path}: scale '{scale}' must be a mapping of config keys")
+    scale_values = dict(scale_values or {})
+    if "base" in scale_values:  # a scale may start from its own config (full: configs/coco/r18_base.yaml)
+        base = os.path.join(os.path.dirname(path), str(scale_values.pop("base")))
     axes = _mapping(raw, "axes", path)
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
@@ -164,227 +151,6 @@ def _stage(cfg, warm, overrides, seed_offset, results, stages):
     return stages[rid].folder
 
 
-# -- executing one run -------------------------------------------------------------------------
-def _spec_file(results, run):
-    """The run's resolved config as a file the `collapse train` subprocess reads (no `extends`)."""
-    path = os.path.join(results, ".grid", f"{run.run_id}.yaml")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write_text(path, yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
-    return path
-
-
-def _last_line(log_path):
-    try:
-        with open(log_path, errors="replace") as f:
-            lines = [l.strip() for l in f if l.strip()]
-    except OSError:
-        return "no log"
-    errors = [l for l in lines if l.startswith("collapse: error:") or "Error" in l.split(":")[0]]
-    return (errors or lines or ["no output"])[-1][:500]
-
-
-def die_with_parent():
-    """Linux: the training subprocess is killed with its grid process, so a claim that turns stale (its
-    grid process gone) never hides a trainer still writing the run folder. Called by the subprocess
-    itself (COLLAPSE_DIE_WITH_PARENT=1): a preexec_fn is not safe with the executor's threads."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def execute(spec, folder, log_path, device_overrides, env=None):
-    """Run one grid run as a `collapse train` subprocess; returns (status, reason). A run that fails
-    gets status failed and the reason (its error line) in its manifest."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    args = [sys.executable, "-m", "collapse", "train", spec, *device_overrides, "train.progress=false",
-            "--out", folder, "--quiet"]
-    with open(log_path, "a") as log:
-        env = {**(env or os.environ), "COLLAPSE_DIE_WITH_PARENT": "1"}
-        rc = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    m = RunDir(folder).manifest()
-    if rc == 0 and m.get("status") in FINISHED:
-        return m["status"], None
-    reason = _last_line(log_path) if rc != 0 else f"ended with status {m.get('status')}"
-    with open(spec) as f:
-        cfg = yaml.safe_load(f)
-    if not m:  # the run never started: still leave a record of what failed and why
-        RunDir(folder).write_config(cfg)
-    keep = m.get("status") == "failed" and m.get("reason")  # the trainer's own account is the better one
-    RunDir(folder).update_manifest(status="failed", reason=m["reason"] if keep else reason, run_id=run_id(cfg),
-                                   method=cfg["method"]["name"], exit_code=rc)
-    return "failed", RunDir(folder).manifest().get("reason", reason)
-
-
-# -- claims: two grid processes on one results folder never run the same run ---------------------
-def _holder(path):
-    try:
-        with open(path) as f:
-            host, pid = f.read().split()[:2]
-        return host, int(pid)
-    except (OSError, ValueError):
-        return None, None
-
-
-def _stale(path):
-    """A claim is stale when its process (on this host) is gone. Claims from other hosts are trusted."""
-    host, pid = _holder(path)
-    if host is None:  # unreadable: a claimer died between creating and writing it, or it is being written
-        return time.time() - os.path.getmtime(path) > 60 if os.path.exists(path) else True
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-        return False
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by someone else
-        return False
-
-
-def claim(folder):
-    """Claim a run for this process: RUN.claim created with O_EXCL (atomic on POSIX file systems) holding
-    host and pid. A stale claim is moved aside under a unique name first, so only one recoverer wins."""
-    path = folder.rstrip("/") + ".claim"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not _stale(path):
-                return False
-            try:
-                aside = f"{path}.stale-{os.getpid()}"
-                os.rename(path, aside)
-                os.remove(aside)
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n")
-        return True
-    return False
-
-
-def release(folder):
-    path = folder.rstrip("/") + ".claim"
-    if _holder(path) == (socket.gethostname(), os.getpid()):
-        os.remove(path)
-
-
-def _claimed_run(run, go):
-    """Run `go()` holding the run's claim; (status, reason) or ('claimed', ...) if another process has it."""
-    if not claim(run.folder):
-        return "claimed", "running in another process"
-    try:
-        if run.status() in FINISHED:  # finished by another process since this one listed the grid
-            return run.status(), None
-        return go()
-    finally:
-        release(run.folder)
-
-
-# -- executors ---------------------------------------------------------------------------------
-def visible_gpus():
-    """Physical ids of the GPUs this process may use (CUDA_VISIBLE_DEVICES respected), [] on CPU."""
-    try:
-        n = torch.cuda.device_count()
-    except Exception:
-        n = 0
-    if n == 0:
-        return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [x.strip() for x in env.split(",") if x.strip()] if env else [str(i) for i in range(n)]
-    return ids[:n]
-
-
-def run_local(runs, results, jobs=None, threads=None):
-    """Run the pending runs in subprocesses: one per visible GPU, or `jobs` at once on CPU (default 1)
-    with `threads` CPU threads each (default: the cores divided among the jobs)."""
-    for cfg in {(r.cfg.data.root, r.cfg.data.train_split, tuple(r.cfg.data.input_size)): r.cfg for r in runs}.values():
-        try:
-            ensure_data(cfg)  # once here, not by every parallel run at the same time
-        except Exception:
-            pass  # the runs themselves will fail with the reason
-    gpus = visible_gpus()
-    if gpus:
-        slots = [dict(env={**os.environ, "CUDA_VISIBLE_DEVICES": g}, args=["train.device=cuda:0"]) for g in gpus]
-    else:
-        jobs = max(1, jobs or 1)
-        per = threads or max(1, (os.cpu_count() or 1) // jobs)
-        slots = [dict(env=None, args=["train.device=cpu", f"train.threads={per}"]) for _ in range(jobs)]
-    free = queue.Queue()
-    for s in slots:
-        free.put(s)
-
-    def one(run):
-        slot = free.get()
-        try:
-            t0 = time.time()
-            status, reason = _claimed_run(run, lambda: execute(
-                _spec_file(results, run), run.folder, os.path.join(results, "logs", run.name + ".log"),
-                slot["args"], slot["env"]))
-            return run, status, reason, time.time() - t0
-        finally:
-            free.put(slot)
-
-    with ThreadPoolExecutor(len(slots)) as pool:
-        for done in as_completed([pool.submit(one, r) for r in runs]):  # submitted in order, reported as they end
-            yield done.result()
-
-
-def _check_answers(address, timeout=5.0):
-    """Fail fast with one line when a Ray address does not accept connections (ray.init would retry long)."""
-    target = address.split("://")[-1]
-    host, _, port = target.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
-    except (OSError, ValueError):
-        raise GridError(f"the Ray address {address} does not answer (expected host:port of a running head node)")
-
-
-def run_ray(runs, results, address=None, cpus=1, gpus=0):
-    """Submit each pending run as a Ray task needing `cpus` CPUs and `gpus` GPUs, to the cluster at
-    `address` or a local Ray instance. RESULTS must be on storage every node sees."""
-    try:
-        import ray  # an optional dependency (pip install -e .[ray]): imported where it is used
-    except ImportError:
-        raise GridError("the ray executor needs Ray: pip install -e .[ray]")
-    if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=max(cpus, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise GridError(f"cannot reach a Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}")
-
-    @ray.remote(num_cpus=cpus, num_gpus=gpus)
-    def task(spec, folder, log_path, device_overrides):
-        t0 = time.time()
-        status, reason = execute(spec, folder, log_path, device_overrides)
-        return status, reason, time.time() - t0
-
-    device = ["train.device=cuda:0"] if gpus else ["train.device=cpu", f"train.threads={cpus}"]
-    pending = {}
-    for r in runs:  # claimed by this driver process while its task runs anywhere in the cluster
-        if not claim(r.folder):
-            yield r, "claimed", "running in another process", 0.0
-            continue
-        pending[task.remote(_spec_file(results, r), os.path.abspath(r.folder),
-                            os.path.abspath(os.path.join(results, "logs", r.name + ".log")), device)] = r
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            run = pending.pop(ready[0])
-            release(run.folder)
-            status, reason, seconds = ray.get(ready[0])
-            yield run, status, reason, seconds
-    finally:
-        for r in pending.values():
-            release(r.folder)
-
-
 # -- the command -------------------------------------------------------------------------------
 def _final(run):
     ap = final_value(RunDir(run.folder).manifest().get("final") or {})
@@ -413,7 +179,7 @@ def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_f
         except ImportError:
             raise GridError("the ray executor needs Ray: pip install -e .[ray]")
         if address and address != "auto":
-            _check_answers(address)
+            check_answers(address)
     os.makedirs(results, exist_ok=True)
     k = 0
     for phase in ([r for r in todo if r.stage], [r for r in todo if not r.stage]):  # stages first

@@ -60,10 +60,15 @@ def atomic_torch_save(path, obj):
     _atomic_write_bytes(path, buf.getvalue())
 
 
+# how a run is executed, not what it computes: these keys never change a run's identity (so a run resumes on
+# another device, with more threads or another checkpoint period), and never make another setting in analysis
+EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every")
+
+
 def run_id(resolved_config: dict) -> str:
-    """Short hash of the resolved config, without the keys that do not change results."""
+    """Short hash of the resolved config, without the keys of EXECUTION."""
     ident = {k: v for k, v in resolved_config.items() if k not in ("out",)}
-    ident["train"] = {k: v for k, v in ident.get("train", {}).items() if k not in ("device", "threads", "progress")}
+    ident["train"] = {k: v for k, v in ident.get("train", {}).items() if f"train.{k}" not in EXECUTION}
     if ident["train"].get("init_from"):  # a source by its last two path parts (a grid's: warm_start/<method>-<id>),
         ident["train"]["init_from"] = ",".join(  # so a results folder can move without changing its runs' ids
             "/".join(os.path.normpath(p.strip()).split(os.sep)[-2:]) for p in ident["train"]["init_from"].split(","))

@@ -7,6 +7,16 @@ torch.set_num_threads(2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def in_the_repository():
+    """The tests name configs and notebooks as a user does from a clone (configs/demo.yaml): they run from
+    the repository root whatever directory pytest was started in."""
+    before = os.getcwd()
+    os.chdir(REPO)
+    yield
+    os.chdir(before)
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A small synthetic COCO-format set shared by the tests."""

@@ -106,6 +106,37 @@ def test_figures_are_written_nonempty_and_deterministic(results, tmp_path):
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType fonts embedded, no Type 3
 
 
+def test_figures_draw_one_line_per_method_with_its_data(results, tmp_path, monkeypatch):
+    """What the figures draw, not their file sizes: the figures are caught before saving and read back."""
+    import analysis.figures as figures
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.setdefault(os.path.basename(stem), fig) and [])
+    figures.write_figures(results, str(tmp_path))
+    assert set(drawn) == {"collapse_curves", "response_distributions", "boundary_drift", "final_ap",
+                          "heatmap_gallery", "heatmap_evolution"}
+    labels = ["supervised", "consistency (w 10)", "dual"]  # plot order
+    runs, metrics, probes = analysis.load(results)
+    curves = analysis.collapse_curves(runs, probes)
+    response, index, ap = drawn["collapse_curves"].axes
+    for ax, ylabel in ((response, "response"), (index, "collapse index"), (ap, "AP")):
+        lines = [l for l in ax.get_lines() if not l.get_label().startswith("_")]  # not the threshold line
+        assert [l.get_label() for l in lines] == labels and ylabel in ax.get_ylabel() and ax.get_xlabel() == "step"
+    assert [t.get_text() for t in ap.get_legend().get_texts()] == labels
+    # the response panel's consistency line is that run's probed response, step by step
+    line = next(l for l in response.get_lines() if l.get_label() == "consistency (w 10)")
+    c = curves[curves.run == "consistency"].sort_values("step")
+    assert np.allclose(line.get_xdata(), c.step) and np.allclose(line.get_ydata(), c.response)
+    assert index.get_lines()[-1].get_ydata()[0] == analysis.detector.COLLAPSE_RATIO  # the detector's threshold
+    bars = drawn["final_ap"].axes[0]
+    assert [t.get_text() for t in bars.get_xticklabels()] == labels
+    final = dict(zip(runs.label, analysis.final_ap(runs, metrics)))
+    assert np.allclose([p.get_height() for p in bars.patches], [final[l] for l in labels])
+    ridge = drawn["response_distributions"].axes
+    assert [ax.get_title() for ax in ridge] == labels and all(len(ax.collections) == 13 for ax in ridge)  # 13 probes
+    drift = drawn["boundary_drift"].axes
+    assert all([l.get_label() for l in ax.get_lines() if not l.get_label().startswith("_")] == labels for ax in drift)
+
+
 def test_heatmap_gallery_and_evolution_draw_one_column_per_method(results):
     from analysis.figures import evolution_panels, gallery_panels
     from collapse.probes import GALLERY

@@ -8,6 +8,8 @@ import pytest
 from collapse.cli import main
 from collapse.grid import GridError, expand, run_grid
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 TINY = {"model.width": 8, "train.steps": 4, "train.eval_every": 4, "train.probe_every": 2, "train.probe_size": 8,
         "train.log_every": 2}
 
@@ -33,8 +35,8 @@ def test_expansion_and_hashing(tmp_path, synth_root):
     one = expand(g, str(tmp_path / "r"), overrides=["train.lr=0.002"])
     assert not {r.run_id for r in one} & {r.run_id for r in runs}  # any change -> new ids
     assert all(r.folder.endswith(f"{r.cfg.method.name}-{r.run_id}") for r in runs)
-    # the device and thread count do not change a run's identity
-    dev = expand(g, str(tmp_path / "r"), overrides=["train.threads=1", "train.device=cpu"])
+    # how a run is executed (device, threads, checkpoint period) does not change its identity: it resumes
+    dev = expand(g, str(tmp_path / "r"), overrides=["train.threads=1", "train.device=cpu", "train.checkpoint_every=7"])
     assert [r.run_id for r in dev] == [r.run_id for r in runs]
     for bad, msg in (({"train.seed": []}, "non-empty"), ({"train.stepz": [1]}, "unknown config key")):
         with pytest.raises(GridError, match=msg):
@@ -123,3 +125,19 @@ def test_shipped_grids_expand(tmp_path):
         assert len(runs) == n, name
     full = expand("configs/grids/failed_attempts.yaml", str(tmp_path), scale="full")
     assert full[0].cfg.model.name == "resnet18" and full[0].cfg.data.input_size == [256, 192]
+
+
+@pytest.mark.parametrize("grid", ["comparison", "dual_vs_single", "failed_attempts", "imbalance"])
+def test_full_scales_extend_the_coco_base_config(grid, tmp_path):
+    """The grids' full scales start from configs/coco/r18_base.yaml (ImageNet weights, its evaluation and
+    checkpoint periods) instead of restating it; the 30-epoch ones use r18_1k_dual.yaml's LR schedule."""
+    from collapse import config
+    base = config.load(os.path.join(REPO, "configs", "coco", "r18_base.yaml"))
+    dual = config.load(os.path.join(REPO, "configs", "coco", "r18_1k_dual.yaml"))
+    runs = expand(os.path.join(REPO, "configs", "grids", f"{grid}.yaml"), str(tmp_path), scale="full")
+    for r in runs:
+        assert (r.cfg.data, r.cfg.model.pretrained, r.cfg.train.eval_every) == \
+            (dataclasses.replace(base.data, labeled=r.cfg.data.labeled, sigma=r.cfg.data.sigma),
+             base.model.pretrained, base.train.eval_every)
+        if r.cfg.train.steps == dual.train.steps:
+            assert r.cfg.train.lr_steps == dual.train.lr_steps
