@@ -10,10 +10,15 @@ A method is a small object with:
 It sees a run only through its Context (context.py): nets, teachers, batches, step, forward, save_artifact,
 restart. Register one with @register("name"); adding a method is one module here plus a config.
 """
+import importlib
+import pkgutil
+
 from .base import Method, Settings, heatmap_mse, is_loss
 from .context import Context
 from .registry import METHODS, MethodError, build_method, method_class, register
-from . import consistency, mix, pseudo, supervised  # noqa: F401  (they register themselves)
+
+for _module in pkgutil.iter_modules(__path__):  # every module here registers its methods: a new one is one file
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Context", "Method", "METHODS", "MethodError", "Settings", "build_method", "method_class", "register",
            "heatmap_mse", "is_loss"]

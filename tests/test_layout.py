@@ -1,0 +1,76 @@
+"""The code's shape: imports run one way (collapse never imports analysis), and a method is one file."""
+import os
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO
+
+NO_ANALYSIS = """
+import importlib, pkgutil, sys
+class Unavailable:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "analysis":
+            raise ImportError("analysis is not available")
+sys.meta_path.insert(0, Unavailable())
+import collapse
+names = [m.name for m in pkgutil.walk_packages(collapse.__path__, "collapse.") if m.name != "collapse.__main__"]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def test_the_library_never_imports_analysis():
+    r = subprocess.run([sys.executable, "-c", NO_ANALYSIS], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout) >= 30  # every module of collapse/ was imported
+
+
+SOFT_THRESHOLD = '''"""Teacher-confidence weighting instead of a mask: a joint's loss weighs its teacher's peak ** power."""
+from dataclasses import dataclass
+
+from .base import CutoutSettings
+from .consistency import TeacherStudent
+from .registry import register
+
+
+@dataclass
+class SoftThresholdSettings(CutoutSettings):
+    power: float = 2.0               # 0: unweighted (easy_hard); large: close to a hard threshold
+
+
+@register("soft_threshold")
+class SoftThreshold(TeacherStudent):
+    Settings = SoftThresholdSettings
+    order = 3.5
+
+    @classmethod
+    def variant(cls, s):
+        return f" (power {s.get('power')})"
+
+    def weight(self, confidence, target):
+        return (confidence.clamp(min=0) ** self.cfg.power)[..., None, None]
+'''
+
+
+def test_a_new_method_is_one_file_and_a_config(tmp_path, synth_root):
+    """In a copy of the code: one module in collapse/methods/ and one YAML make a method that validates its
+    settings, trains, and is named by analysis; nothing else is edited."""
+    for folder in ("collapse", "analysis", "configs"):
+        shutil.copytree(os.path.join(REPO, folder), tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "collapse" / "methods" / "soft_threshold.py").write_text(SOFT_THRESHOLD)
+    (tmp_path / "configs" / "methods" / "soft_threshold.yaml").write_text(
+        "extends: ../demo.yaml\nmethod:\n  name: soft_threshold\n  power: 3.0\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "collapse", *argv], cwd=tmp_path, env=env,
+                                       capture_output=True, text=True, timeout=300)
+    small = [f"data.root={synth_root}", "model.width=8", "train.steps=4", "train.eval_every=4", "train.probe_every=2",
+             "train.probe_size=8", "train.log_every=2", "train.device=cpu", "train.threads=1"]
+    r = run("train", "configs/methods/soft_threshold.yaml", *small, "--out", str(tmp_path / "runs" / "soft"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    bad = run("train", "configs/methods/soft_threshold.yaml", *small, "method.tau=0.5", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "method 'soft_threshold' has no setting 'tau'" in bad.stderr
+    label = subprocess.run([sys.executable, "-c", f"import analysis; print(analysis.load({str(tmp_path / 'runs')!r})[0].label[0])"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert label.stdout.strip() == "soft_threshold (power 3.0)", label.stderr[-2000:]
