@@ -1,11 +1,15 @@
 # Two commands do all the set-up:  `make demo` (the main job)  and  `make test` (the suite).
-# The virtual environment sees system packages, so a GPU host's own torch (>= 2.2) is used as it is;
-# where no torch is importable, torch==2.13.0 is installed first (a CPU build on CPU-only hosts here),
-# so that pip never resolves `torch>=2.2` to a newest build with gigabytes of CUDA packages.
+# The virtual environment sees system packages, so a host's own torch + torchvision pair (a GPU host's) is
+# used as it is; where the pair does not import, torch==2.14.1 + torchvision==0.29.1, a pair made for each
+# other, is installed first (on x86_64 here a CUDA build that runs on the CPU, ~5.5 GB, about a minute), so
+# that pip never resolves an unpinned torch to a newest release. Jupyter and TensorBoard come with the
+# `notebooks` extra and the dependencies: `.venv/bin/jupyter lab notebooks/` works once either target ran.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the torch + torchvision pair this machine's packages hold (aarch64 hosts here have a CPU build of 2.9.1)
+TORCH_PAIR := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
 .PHONY: setup demo test clean
 
@@ -13,9 +17,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 2))" \
-		|| $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PAIR)
+	$(PY) -m pip install -q -e ".[test,notebooks]"
 	touch $(STAMP)
 
 demo: $(STAMP)

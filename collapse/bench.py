@@ -1,9 +1,12 @@
-"""`collapse bench`: training speed on the current device, and the batched data path against a
-per-sample CPU pipeline of the classical kind, on the same store and the same batch sizes.
+"""`collapse bench`: training speed on the current device; the batched data path against the per-sample
+pipelines a user would otherwise write, on the same store and batch sizes; and image decoding for crop
+stores, TorchCodec batched against PIL.
 
-The classical pipeline is what SimpleBaseline-style code does in DataLoader workers: per sample, draw
-the augmentation, warp the crop with one affine resample on the CPU (PIL's C warp, as cv2.warpAffine),
-normalise, and render each joint's Gaussian target with numpy; then collate and copy to the device.
+The per-sample peers run in DataLoader workers. `TransformsV2Crops` is torchvision.transforms.v2 with
+tv_tensors.KeyPoints: per sample, the study's augmentation drawn (v2.RandomAffine draws uniform angles and
+one set per call), one affine on image and keypoints, a centre crop, a flip that also swaps left and right
+joints and their visibility (v2 does neither), visibility cleared outside the crop, Gaussian targets in
+numpy. `PerSampleCrops` is the classical SimpleBaseline-style code: PIL's C warp and a per-joint loop.
 """
 import math
 import os
@@ -13,10 +16,62 @@ import time
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from .config import Config
 from .data.skeleton import FLIP_INDEX, labeled
+from .data.coco import image_dir
+from .data.store import decode_images
 from .train import Trainer
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _draw(a, rng):
+    """One sample's augmentation, as the batched path draws it: rotation ~ clipped N(0, r^2) with probability
+    rot_prob, scale ~ clipped N(1, s^2), a flip with probability `flip`."""
+    rot = np.clip(rng.normal(0, a.rotation), -2 * a.rotation, 2 * a.rotation) if rng.random() < a.rot_prob else 0.0
+    return float(rot), float(np.clip(rng.normal(1, a.scale), 1 - a.scale, 1 + a.scale)), rng.random() < a.flip
+
+
+def _gaussians(pts, vis, hw, stride, sigma):
+    """(J,h,w) Gaussian targets at pts (input pixels) and (J,) weights: visible joints inside the crop."""
+    hh, ww = hw[0] // stride, hw[1] // stride
+    p = pts / stride
+    weight = (vis & (p[:, 0] >= 0) & (p[:, 0] < ww) & (p[:, 1] >= 0) & (p[:, 1] < hh)).astype(np.float32)
+    ys, xs = np.arange(hh) + 0.5, np.arange(ww) + 0.5
+    g = np.exp(-((xs[None, None] - p[:, 0, None, None]) ** 2 + (ys[None, :, None] - p[:, 1, None, None]) ** 2)
+               / (2 * sigma ** 2)).astype(np.float32)
+    return g * weight[:, None, None], weight
+
+
+class TransformsV2Crops(torch.utils.data.Dataset):
+    """Labeled crops with targets through torchvision.transforms.v2, one sample at a time."""
+
+    def __init__(self, cfg: Config, store, rows):
+        self.cfg, self.store, self.rows = cfg, store, np.asarray(rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        a, d = self.cfg.augment, self.cfg.data
+        rot, scale, flip = _draw(a, np.random.default_rng())
+        crop = torch.from_numpy(np.array(self.store.crops[self.rows[i]])).permute(2, 0, 1)  # a copy: the map is read-only
+        kps = self.store.meta["keypoints"][self.rows[i]]
+        img = tv_tensors.Image(crop)
+        pts = tv_tensors.KeyPoints(torch.from_numpy(kps[:, :2].copy()), canvas_size=tuple(crop.shape[1:]))
+        vis = labeled(kps[:, 2])
+        args = dict(angle=rot, translate=[0, 0], scale=scale, shear=[0.0, 0.0])
+        img, pts = F.affine(img, **args), F.affine(pts, **args)      # about the crop centre
+        img, pts = F.center_crop(img, d.input_size), F.center_crop(pts, d.input_size)
+        if flip:                                                    # v2 mirrors; swapping sides is ours
+            img, pts = F.horizontal_flip(img), F.horizontal_flip(pts)
+            pts, vis = pts[list(FLIP_INDEX)], vis[list(FLIP_INDEX)]
+        x = F.normalize(F.to_dtype(img, torch.float32, scale=True), MEAN, STD)
+        target, weight = _gaussians(pts.numpy(), vis, d.input_size, d.heatmap_stride, d.sigma)
+        return x.as_subclass(torch.Tensor), torch.from_numpy(target), torch.from_numpy(weight)
 
 
 class PerSampleCrops(torch.utils.data.Dataset):
@@ -37,9 +92,7 @@ class PerSampleCrops(torch.utils.data.Dataset):
         kps = self.store.meta["keypoints"][row].copy()
         h, w = self.hw
         sh, sw = crop.shape[:2]
-        rot = np.clip(rng.normal(0, a.rotation), -2 * a.rotation, 2 * a.rotation) if rng.random() < a.rot_prob else 0.0
-        scale = np.clip(rng.normal(1, a.scale), 1 - a.scale, 1 + a.scale)
-        flip = rng.random() < a.flip
+        rot, scale, flip = _draw(a, rng)
         # store centre -> input centre, rotated and scaled about it, mirrored if flipped
         c, s = math.cos(math.radians(rot)) / scale, math.sin(math.radians(rot)) / scale
         fx = -1.0 if flip else 1.0
@@ -47,7 +100,7 @@ class PerSampleCrops(torch.utils.data.Dataset):
         M[:2, 2] = np.array([w / 2, h / 2]) - M[:2, :2] @ np.array([sw / 2, sh / 2])
         inv = np.linalg.inv(M)
         img = Image.fromarray(crop).transform((w, h), Image.AFFINE, tuple(inv[:2].reshape(-1)), Image.BILINEAR)
-        x = (np.asarray(img, dtype=np.float32) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+        x = (np.asarray(img, dtype=np.float32) / 255 - MEAN) / STD
         pts = kps[:, :2] @ M[:2, :2].T + M[:2, 2]
         vis = labeled(kps[:, 2])
         if flip:
@@ -65,16 +118,62 @@ class PerSampleCrops(torch.utils.data.Dataset):
         return torch.from_numpy(x.transpose(2, 0, 1).copy()).float(), torch.from_numpy(target), torch.from_numpy(weight)
 
 
-def _time_batches(make, n):
-    make()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(n):
+def _loader_batches(ds, batch, workers, device):
+    """A function returning the next collated batch of `ds` on the device (DataLoader with `workers`)."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    it = iter(loader)
+
+    def next_batch():
+        nonlocal it
+        try:
+            x, target, weight = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, target, weight = next(it)
+        return x.to(device, non_blocking=True), target.to(device, non_blocking=True), weight
+    return next_batch
+
+
+def _race(paths, batches, rounds, sync):
+    """ms per batch of each path: `rounds` alternating rounds of `batches` batches each (after one warm-up
+    batch per path), the median round; alternating spreads a busy machine's noise over every path."""
+    times = {name: [] for name in paths}
+    for make in paths.values():
         make()
-    return (time.perf_counter() - t0) / n
+        sync()
+    for _ in range(rounds):
+        for name, make in paths.items():
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                make()
+            sync()
+            times[name].append(1000 * (time.perf_counter() - t0) / batches)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def bench(cfg: Config, steps=50, batches=30, workers=None, echo=print):
-    """Print and return the figures: steps/s, images/s, data-path share, batched vs per-sample data path."""
+def decode_race(files, rounds=3):
+    """ms per image decoding `files` to RGB uint8 tensors: TorchCodec in one batched call (the crop stores'
+    way, collapse.data.store.decode_images) against PIL one by one (open, convert, to array); the median of
+    alternating rounds. Also checks that both give the same pixels (max abs difference)."""
+    def pil():
+        return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    times = {"torchcodec": [], "pil": []}
+    for _ in range(rounds):
+        for name, run in (("torchcodec", lambda: decode_images(files)), ("pil", pil)):
+            t0 = time.perf_counter()
+            run()
+            times[name].append(1000 * (time.perf_counter() - t0) / len(files))
+    diff = max(int(np.abs(a.permute(1, 2, 0).numpy().astype(int) - b.astype(int)).max())
+               for a, b in zip(decode_images(files), pil()))
+    return dict(decode_ms_torchcodec=float(np.median(times["torchcodec"])), decode_ms_pil=float(np.median(times["pil"])),
+                decode_images=len(files), decode_max_abs_diff=diff)
+
+
+def bench(cfg: Config, steps=50, batches=30, workers=None, rounds=3, decode=256, echo=print):
+    """Print and return the figures: steps/s, images/s, data-path share; the batched data path against the
+    transforms.v2 per-sample pipeline (`workers` workers, default 2, and 1) and the classical one, as ratios;
+    and the decoding race on the first `decode` images of the train split (0: none)."""
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, os.path.join(tmp, "bench"), progress=False)
         dev = tr.device
@@ -91,39 +190,32 @@ def bench(cfg: Config, steps=50, batches=30, workers=None, echo=print):
         data_share = tr.timing["data"] / steps / step_s
         t = cfg.train
         images = t.batch_labeled + (t.batch_unlabeled if tr.method.uses_unlabeled else 0)
-
-        def batched():
-            out = tr.batches.labeled(t.batch_labeled)
-            sync()
-            return out
-        batched_s = _time_batches(batched, batches)
-
-        workers = workers if workers is not None else max(1, (os.cpu_count() or 1))
-        ds = PerSampleCrops(cfg, tr.batches.labeled_pool.store, tr.batches.labeled_pool.rows)
-        loader = torch.utils.data.DataLoader(ds, batch_size=t.batch_labeled, shuffle=True, num_workers=workers,
-                                             drop_last=True, persistent_workers=workers > 0,
-                                             pin_memory=dev.type == "cuda")
-        it = iter(loader)
-
-        def per_sample():
-            nonlocal it
-            try:
-                x, target, weight = next(it)
-            except StopIteration:
-                it = iter(loader)
-                x, target, weight = next(it)
-            x = x.to(dev, non_blocking=True)
-            sync()
-            return x, target, weight
-        per_sample_s = _time_batches(per_sample, batches)
+        workers = workers if workers is not None else 2
+        pool = tr.batches.labeled_pool
+        paths = {"batched": lambda: tr.batches.labeled(t.batch_labeled)}
+        for n in sorted({workers, 1}, reverse=True):
+            paths[f"v2 x{n}"] = _loader_batches(TransformsV2Crops(cfg, pool.store, pool.rows), t.batch_labeled, n, dev)
+        paths[f"classic x{workers}"] = _loader_batches(PerSampleCrops(cfg, pool.store, pool.rows), t.batch_labeled,
+                                                        workers, dev)
+        ms = _race(paths, batches, rounds, sync)
+        folder = image_dir(cfg.data.root, cfg.data.train_split)
+        decode_files = sorted(os.path.join(folder, f) for f in os.listdir(folder))[:decode]
     figures = dict(device=str(dev), method=cfg.method.name, model=cfg.model.name, step_ms=1000 * step_s,
                    steps_per_s=1 / step_s, images_per_s=images / step_s, data_share=data_share,
-                   batched_batch_ms=1000 * batched_s, per_sample_batch_ms=1000 * per_sample_s,
-                   per_sample_workers=workers, speedup=per_sample_s / batched_s)
+                   batch_ms=ms, ratios={k: v / ms["batched"] for k, v in ms.items() if k != "batched"})
+    if decode_files:
+        figures.update(decode_race(list(decode_files), rounds))
     echo(f"device {figures['device']}, {cfg.method.name}, {cfg.model.name} {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, "
          f"batch {t.batch_labeled}+{t.batch_unlabeled if tr.method.uses_unlabeled else 0}")
     echo(f"  training   {figures['step_ms']:.1f} ms/step   {figures['steps_per_s']:.2f} steps/s   "
          f"{figures['images_per_s']:.0f} images/s   data path {100 * data_share:.1f}% of a step")
-    echo(f"  data path  batched on the device {figures['batched_batch_ms']:.2f} ms/batch   per-sample CPU pipeline "
-         f"({workers} workers) {figures['per_sample_batch_ms']:.2f} ms/batch   -> batched is {figures['speedup']:.1f}x faster")
+    echo(f"  data path (labeled batch of {t.batch_labeled}, median of {rounds} alternating rounds of {batches} batches): "
+         f"batched on the device {ms['batched']:.2f} ms")
+    for name, value in figures["ratios"].items():
+        echo(f"    {name:<12} {ms[name]:8.2f} ms/batch   {value:6.1f}x the batched path's time")
+    if decode_files:
+        echo(f"  decoding {figures['decode_images']} images: TorchCodec batched {figures['decode_ms_torchcodec']:.2f} "
+             f"ms/image, PIL {figures['decode_ms_pil']:.2f} ms/image -> PIL takes "
+             f"{figures['decode_ms_pil'] / figures['decode_ms_torchcodec']:.2f}x as long "
+             f"(max pixel difference {figures['decode_max_abs_diff']})")
     return figures

@@ -64,9 +64,9 @@ def cmd_grid(args):
 
 
 def cmd_bench(args):
-    if args.steps < 1 or args.batches < 1:
-        raise ConfigError("--steps and --batches must be positive")
-    bench(config.load(args.config, args.overrides), args.steps, args.batches, args.workers)
+    if args.steps < 1 or args.batches < 1 or args.rounds < 1 or args.decode < 0:
+        raise ConfigError("--steps, --batches and --rounds must be positive, --decode >= 0")
+    bench(config.load(args.config, args.overrides), args.steps, args.batches, args.workers, args.rounds, args.decode)
 
 
 def parser():
@@ -121,15 +121,18 @@ def parser():
     gr.add_argument("--gpus", type=float, default=0, help="ray: GPUs per run (default 0)")
     gr.set_defaults(func=cmd_grid)
 
-    be = sub.add_parser("bench", help="training speed, and the batched data path vs a per-sample CPU pipeline",
+    be = sub.add_parser("bench", help="training speed; the batched data path vs per-sample pipelines; image decoding",
                         description="On the current device: ms/step, steps/s, images/s, the data path's share of a "
-                        "step, and the same labeled batches from a per-sample CPU pipeline (PIL warps, numpy targets, "
-                        "DataLoader workers) as a ratio.")
+                        "step; the same labeled batches from per-sample pipelines in DataLoader workers "
+                        "(torchvision.transforms.v2 with KeyPoints, with --workers and with 1; the classical PIL one) "
+                        "as ratios to the batched path; and crop-store decoding, TorchCodec batched vs PIL.")
     be.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     be.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     be.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     be.add_argument("--batches", type=int, default=30, help="timed batches per data path (default 30)")
-    be.add_argument("--workers", type=int, help="DataLoader workers of the per-sample pipeline (default: CPU count)")
+    be.add_argument("--workers", type=int, help="DataLoader workers of the per-sample pipelines (default 2; v2 runs with 1 too)")
+    be.add_argument("--rounds", type=int, default=3, help="alternating rounds per data path, the median kept (default 3)")
+    be.add_argument("--decode", type=int, default=256, help="train images in the decoding race (default 256; 0: none)")
     be.set_defaults(func=cmd_bench)
 
     for plugin in entry_points(group="collapse.commands"):  # analysis: demo, figures, report, claims, toy

@@ -50,7 +50,8 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "tiny"               # tiny | resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | hrnet_w32 | hrnet_w48
     width: int = 32                  # tiny net base channels
-    pretrained: str = ""             # torchvision ResNet / official HRNet checkpoint: file or URL ('' = random init)
+    pretrained: str = ""             # resnet: a torchvision weights name (IMAGENET1K_V1), file or URL; hrnet: the
+                                     # official checkpoint's file or URL ('' = random init)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class TrainConfig:
     compile: bool = False
     precision: str = "auto"          # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     progress: bool = True
+    tensorboard: bool = False        # also write RUN/tensorboard/ (losses, lr, AP, collapse index, response histograms)
     stop_on_collapse: bool = False   # end a run once its collapse index stays below collapse_ratio (status collapsed)
     collapse_ratio: float = 0.5      # collapse index = unlabeled mean max response / the run's own peak so far
 

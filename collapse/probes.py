@@ -50,6 +50,7 @@ class Prober:
                 self.gallery_crops = warp(crops[:GALLERY].permute(0, 3, 1, 2).float(), A[:GALLERY], batches.input_hw)
         self.edges = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float32)
         self.gallery = []  # (step, max-over-joints heatmaps (K,h,w) fp16, decoded joints (K,J,3)) per probe
+        self.histograms = {}  # (split, net) -> the last probe's pixel-response counts per HIST_EDGES bin and moments
 
     @torch.no_grad()
     def __call__(self, step, nets, teachers):
@@ -66,7 +67,10 @@ class Prober:
                 for j, v in enumerate(peak):
                     add(split, i, j, "max_response", np.nan, v)
                 add(split, i, -1, "max_response", np.nan, peak.mean())
-                counts = torch.bucketize(h.flatten().cpu(), self.edges, right=True).bincount(minlength=len(HIST_EDGES) - 1)
+                flat = h.flatten().cpu()
+                counts = torch.bucketize(flat, self.edges, right=True).bincount(minlength=len(HIST_EDGES) - 1)
+                self.histograms[(split, i)] = dict(counts=counts.numpy(), min=float(flat.min()), max=float(flat.max()),
+                                                   sum=float(flat.sum()), sum_squares=float((flat * flat).sum()))
                 for edge, c in zip(HIST_EDGES[:-1], (counts / counts.sum()).numpy()):
                     add(split, i, -1, "hist", edge, c)
                 gt = (target > 0.5) & (weight[..., None, None] > 0)

@@ -62,7 +62,7 @@ def atomic_torch_save(path, obj):
 
 # how a run is executed, not what it computes: these keys never change a run's identity (so a run resumes on
 # another device, with more threads or another checkpoint period), and never make another setting in analysis
-EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every")
+EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every", "train.tensorboard")
 
 
 def run_id(resolved_config: dict) -> str:

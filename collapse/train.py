@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from . import runs
+from .board import Board
 from .config import Config, ConfigError
 from .data.batches import Batches
 from .data.coco import DataError
@@ -102,6 +103,7 @@ class Trainer:
         self.metrics, self.step, self.timing = [], 0, dict(data=0.0, total=0.0, eval=0.0, probe=0.0)
         self.loss_sums, self.loss_count = None, 0  # loss terms summed since the last log line
         self.latest, self.t_start = {}, time.perf_counter()  # the last evaluation's metrics; the clock's zero
+        self.board = None  # TensorBoard (train.tensorboard), opened once the run folder exists
 
     def save_artifact(self, name, arrays):
         runs.atomic_write_bytes_from(self.run.file(name), lambda f: np.savez(f, **arrays))
@@ -180,6 +182,8 @@ class Trainer:
         self.run.update_manifest(status="running", run_id=runs.run_id(resolved), method=cfg.method.name,
                                  device=str(self.device), versions=runs.versions(), started=time.time())
         self.t_start = time.perf_counter() - self.timing["total"]
+        if cfg.train.tensorboard:
+            self.board = Board(self.run.file("tensorboard"), self.step)
         if self.step == 0 and cfg.train.probe_every:
             self.probe()
         if self.step == 0 and cfg.train.init_from:
@@ -218,6 +222,7 @@ class Trainer:
         self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}" if is_loss(k) else k, value=v)
                          for k, v in means.items()]
         self.metrics.append(dict(step=self.step, split="train", name="lr", value=self.sched.get_last_lr()[0]))
+        self.watch({("loss/" if is_loss(k) else "") + k: v for k, v in means.items()} | {"lr": self.sched.get_last_lr()[0]})
         bar.set_postfix(loss=f"{sum(v for k, v in means.items() if is_loss(k)):.2e}",
                         AP=f"{self.latest.get('AP', float('nan')):.3f}")
         self.loss_sums, self.loss_count = None, 0
@@ -234,12 +239,15 @@ class Trainer:
         self.metrics += rows
         self.timing["eval"] += time.perf_counter() - t0
         self.latest = {r["name"]: r["value"] for r in rows}
+        self.watch({f"val/{k}": v for k, v in self.latest.items()})
 
     def probe(self):
         """Record the response probes; with train.stop_on_collapse, the step the run collapsed at (else None)."""
         t0 = time.perf_counter()
         self.probes += self.prober(self.step, self.nets, self.ctx.teachers)
         self.timing["probe"] += time.perf_counter() - t0
+        if self.board:
+            self.board.probe(self.step, self.probes, self.prober.histograms, len(self.nets))
         t = self.cfg.train
         return collapse_step(*unlabeled_response(self.probes), ratio=t.collapse_ratio) if t.stop_on_collapse else None
 
@@ -259,6 +267,10 @@ class Trainer:
                 crops=self.prober.gallery_crops.round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()))
         runs.atomic_torch_save(self.run.file("checkpoint.pt"), self.state())
 
+    def watch(self, values):
+        if self.board:
+            self.board.scalars(self.step, values)
+
     def check_finite(self, means):
         bad = {k: v for k, v in means.items() if not np.isfinite(v)}
         if bad:
@@ -269,6 +281,8 @@ class Trainer:
         """The last save, and the manifest's account: status, final metrics, timing."""
         t = self.cfg.train
         self.save()
+        if self.board:
+            self.board.close()
         final = {r["name"]: r["value"] for r in self.metrics if r["split"] == "val" and r["step"] == self.step}
         train_time = self.timing["total"] - self.timing["eval"] - self.timing["probe"]
         end = dict(status="done")

@@ -1,61 +1,36 @@
-"""The ResNet backbone has torchvision's state-dict layout, so its ImageNet checkpoints load."""
+"""The SimpleBaseline backbone is torchvision's ResNet, so torchvision's checkpoints load; HRNet has the
+official layout."""
 import pytest
 import torch
+import torchvision
 
-from collapse.models import SimpleBaseline, TinyPose, load_torchvision_backbone
-from collapse.models.resnet import ResNet
-
-# published parameter counts of torchvision's resnet18 / resnet50, including the 1000-way fc
-TORCHVISION_PARAMS = {18: 11_689_512, 50: 25_557_032}
-
-
-def torchvision_layout(depth):
-    """Expected keys and shapes, written from torchvision's published architecture (no import)."""
-    blocks = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
-    bottleneck = depth >= 50
-    exp = 4 if bottleneck else 1
-    keys = {}
-
-    def bn(name, c):
-        keys.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-                     f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
-
-    keys["conv1.weight"] = (64, 3, 7, 7)
-    bn("bn1", 64)
-    cin = 64
-    for li, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512))):
-        for b in range(n):
-            p = f"layer{li + 1}.{b}"
-            if bottleneck:
-                keys[f"{p}.conv1.weight"] = (planes, cin, 1, 1); bn(f"{p}.bn1", planes)
-                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3); bn(f"{p}.bn2", planes)
-                keys[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1); bn(f"{p}.bn3", planes * 4)
-            else:
-                keys[f"{p}.conv1.weight"] = (planes, cin, 3, 3); bn(f"{p}.bn1", planes)
-                keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3); bn(f"{p}.bn2", planes)
-            if b == 0 and (li > 0 or cin != planes * exp):
-                keys[f"{p}.downsample.0.weight"] = (planes * exp, cin, 1, 1); bn(f"{p}.downsample.1", planes * exp)
-            cin = planes * exp
-    return keys
+from collapse.config import ModelConfig
+from collapse.models import ModelError, SimpleBaseline, TinyPose, build_model, load_torchvision_backbone
 
 
 @pytest.mark.parametrize("depth", [18, 50])
-def test_backbone_state_dict_equals_torchvision_layout(depth):
-    net = ResNet(depth)
-    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    assert got == torchvision_layout(depth)
-    fc = net.out_channels * 1000 + 1000
-    assert sum(p.numel() for p in net.parameters()) + fc == TORCHVISION_PARAMS[depth]
+def test_backbone_state_dict_is_torchvision_resnet_without_fc(depth):
+    ours = SimpleBaseline(depth, 17, 4).backbone.state_dict()
+    theirs = getattr(torchvision.models, f"resnet{depth}")().state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items() if not k.startswith("fc.")}
 
 
-def test_torchvision_checkpoint_loads_from_file(tmp_path):
-    src = ResNet(18)
-    state = dict(src.state_dict())
-    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
-    torch.save(state, tmp_path / "resnet18.pth")
-    net = SimpleBaseline(18, 17, 4)
-    load_torchvision_backbone(net.backbone, str(tmp_path / "resnet18.pth"))
+def test_a_weights_file_saved_from_torchvision_loads(tmp_path):
+    src = torchvision.models.resnet18()
+    torch.save(src.state_dict(), tmp_path / "resnet18.pth")  # fc included, as torchvision's files are
+    net = build_model(ModelConfig(name="resnet18", pretrained=str(tmp_path / "resnet18.pth")), 17, 4)
     assert torch.equal(net.backbone.layer3[1].conv2.weight, src.layer3[1].conv2.weight)
+    assert torch.equal(net.backbone.bn1.running_var, src.bn1.running_var)
+    # and the same features: the backbone is torchvision's network up to layer4
+    x = torch.randn(1, 3, 64, 48)
+    src.eval(), net.eval()
+    with torch.no_grad():
+        body = torch.nn.Sequential(*list(src.children())[:-2])
+        assert torch.allclose(net.backbone(x)["out"], body(x), atol=1e-6)
+    with pytest.raises(ModelError, match="does not hold this ResNet"):
+        load_torchvision_backbone(SimpleBaseline(50, 17, 4).backbone, str(tmp_path / "resnet18.pth"))
+    with pytest.raises(ModelError, match="no weights 'IMAGENET9K_V9'"):
+        build_model(ModelConfig(name="resnet18", pretrained="IMAGENET9K_V9"), 17, 4)
 
 
 def test_output_shapes():
@@ -65,9 +40,6 @@ def test_output_shapes():
 
 
 def test_hrnet_has_the_official_layout_and_sizes(tmp_path):
-    import pytest
-    from collapse.config import ModelConfig
-    from collapse.models import ModelError, build_model
     from collapse.models.hrnet import HRNet, load_hrnet_pretrained
     counts = {32: 28.5e6, 48: 63.6e6}  # the HRNet paper's pose model sizes (256x192)
     for w, n in counts.items():

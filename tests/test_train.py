@@ -95,3 +95,31 @@ def test_demo_runs_every_method_and_writes_table_and_figure(synth_root, tmp_path
     for label in verdicts.index:
         line = next(l for l in report.splitlines() if l.startswith(f"| {label} "))
         assert f"{100 * table.loc[label, 'AP']:.1f} ±" in line
+
+
+def test_tensorboard_events_mirror_the_run_files(synth_root, tmp_path):
+    """train.tensorboard: the event files (read back with tensorboard's own reader) hold the losses, lr and
+    AP per net of metrics.parquet, the collapse index, and a pixel-response histogram at every probe whose
+    counts are the probe's hist shares."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = str(tmp_path / "run")
+    assert main(["train", "configs/demo.yaml", f"data.root={synth_root}", "method.name=dual", "model.width=8",
+                 "train.steps=6", "train.eval_every=3", "train.log_every=3", "train.probe_every=3", "train.probe_size=16",
+                 "train.device=cpu", "train.tensorboard=true", "--out", out, "--quiet"]) == 0
+    ev = EventAccumulator(os.path.join(out, "tensorboard"), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    metrics = pd.read_parquet(os.path.join(out, "metrics.parquet"))
+    for tag, name in (("loss/sup0", "loss/sup0"), ("loss/unsup1", "loss/unsup1"), ("lr", "lr"),
+                      ("val/AP/net0", "AP/net0"), ("val/AP/ens", "AP/ens")):
+        got = [(e.step, e.value) for e in ev.Scalars(tag)]
+        want = metrics[metrics.name == name].sort_values("step")
+        assert [s for s, _ in got] == list(want.step), tag
+        assert all(abs(a - b) < 1e-6 * max(1, abs(b)) for (_, a), b in zip(got, want.value)), tag
+    index = ev.Scalars("unlabeled/collapse_index/net1")
+    assert [e.step for e in index] == [0, 3, 6] and index[0].value == 1.0 and all(0 <= e.value <= 1 for e in index)
+    hist = ev.Histograms("unlabeled/response/net0")
+    assert [h.step for h in hist] == [0, 3, 6]
+    probes = pd.read_parquet(os.path.join(out, "probes.parquet"))
+    shares = probes[(probes.name == "hist") & (probes.split == "unlabeled") & (probes.net == 0) & (probes.step == 6)]
+    last = hist[-1].histogram_value
+    assert last.num == 16 * 17 * 32 * 24  # every pixel of the probe crops' heatmaps
+    assert all(abs(c / last.num - s) < 1e-6 for c, s in zip(last.bucket, shares.sort_values("param").value))

@@ -8,8 +8,10 @@ again; stores are keyed by split, input size and margin and reused by every run.
 import contextlib
 import fcntl
 import json
+import multiprocessing as mp
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -19,6 +21,11 @@ from tqdm import tqdm
 from ..augment import transform_points, warp
 from ..runs import atomic_write_json
 from .coco import DataError, annotation_path, image_dir, load_coco, person_instances
+
+try:  # TorchCodec, the PyTorch ecosystem's image decoder (torchvision's is deprecated since 0.29), needs
+    from torchcodec.decoders import decode_image, decode_jpeg  # torch >= 2.11: an older host decodes with PIL
+except (ImportError, OSError, RuntimeError):
+    decode_image = decode_jpeg = None
 
 BOX_ENLARGE = 1.25
 
@@ -68,21 +75,54 @@ def store_path(root, split, input_hw, margin):
 CHUNK = 64  # images per unit of work: the unit of parallelism and of resumption
 
 
+def decode_images(paths, device="cpu"):
+    """RGB uint8 (3,H,W) tensors of image files, on `device`. TorchCodec decodes the JPEGs in one batched
+    call (nvJPEG on CUDA), other formats one by one; a file it cannot decode (a CMYK JPEG, say) goes to PIL;
+    a file neither reads is a DataError naming it."""
+    encoded = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                encoded.append(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8))
+        except OSError as e:
+            raise DataError(f"image {path} is missing or unreadable: {e.__class__.__name__}")
+    jpeg = [i for i, e in enumerate(encoded) if len(e) > 2 and e[0] == 0xFF and e[1] == 0xD8 and decode_jpeg]
+    out = [None] * len(paths)
+    try:
+        for i, img in zip(jpeg, decode_jpeg([encoded[i] for i in jpeg], mode="RGB", device=device) if jpeg else []):
+            out[i] = img
+    except RuntimeError:  # one bad file fails the batch: decode one by one below
+        pass
+    for i, path in enumerate(paths):
+        if out[i] is None:
+            out[i] = _decode_one(path, encoded[i]).to(device)
+    return out
+
+
+def _decode_one(path, encoded):
+    try:
+        if decode_image is not None:
+            return decode_image(encoded, mode="RGB")
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    except (OSError, ValueError) as e:
+        raise DataError(f"image {path} is missing or unreadable: {e.__class__.__name__}")
+
+
 def _cut_chunk(args):
-    """Decode the images of one chunk and cut their instances into the memmap (a worker's job)."""
-    crops_path, shape, images, file_names, affines, starts, ends = args
+    """Decode the images of one chunk (batched) and cut their instances into the memmap (a worker's job;
+    on a CUDA host without worker processes, decoding and warping run on the GPU)."""
+    crops_path, shape, images, file_names, affines, starts, ends, device = args
     torch.set_num_threads(1)
     crops = np.memmap(crops_path, dtype=np.uint8, mode="r+", shape=shape)
-    for fname, a, b in zip(file_names, starts, ends):  # one decode per image, its instances in one warp
-        path = os.path.join(images, fname)
-        try:
-            with Image.open(path) as im:
-                arr = np.array(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"image {path} is missing or unreadable: {e.__class__.__name__}")
-        img = torch.from_numpy(arr).permute(2, 0, 1).float()[None].expand(b - a, -1, -1, -1)
-        out = warp(img, torch.as_tensor(affines[a - starts[0]:b - starts[0]]).float(), shape[1:3])
-        crops[a:b] = out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    decoded = decode_images([os.path.join(images, f) for f in file_names], device)
+    for img, a, b in zip(decoded, starts, ends):  # each image's instances in one warp
+        img = img.float()[None].expand(b - a, -1, -1, -1)
+        out = warp(img, torch.as_tensor(affines[a - starts[0]:b - starts[0]]).float().to(device), shape[1:3])
+        crops[a:b] = out.round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     crops.flush()
     return True
 
@@ -129,15 +169,15 @@ def _build_locked(path, inst, images, ann_file, input_hw, margin, progress, work
     chunks = [slice(c, c + CHUNK) for c in range(0, len(starts), CHUNK)]
     done_path = os.path.join(work, "done.npy")
     done = np.load(done_path) if os.path.exists(done_path) else np.zeros(len(chunks), dtype=bool)
+    parallel = workers > 0 and len(chunks) - int(done.sum()) > 1
+    device = "cuda" if torch.cuda.is_available() and not parallel else "cpu"  # worker processes stay on the CPU
     jobs = [(k, (crops_path, shape, images, inst["file_name"][starts[c]], affines[starts[c][0]:ends[c][-1]].numpy(),
-                 starts[c], ends[c])) for k, c in enumerate(chunks) if not done[k]]
+                 starts[c], ends[c], device)) for k, c in enumerate(chunks) if not done[k]]
     bar = None
     if progress:
         bar = tqdm(total=len(chunks), initial=int(done.sum()), desc=f"crop store {split}", unit="chunk")
     try:
-        if workers > 0 and len(jobs) > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+        if parallel:
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 for k, _ in zip([k for k, _ in jobs], pool.map(_cut_chunk, [j for _, j in jobs])):
                     done[k] = True

@@ -1,4 +1,5 @@
-"""Pose networks, by name: a tiny CPU net and SimpleBaseline ResNets. All map (B,3,H,W) to (B,J,H/s,W/s)."""
+"""Pose networks, by name: a tiny CPU net, SimpleBaseline on torchvision's ResNets, and HRNet. All map
+(B,3,H,W) to (B,J,H/s,W/s)."""
 from contextlib import contextmanager
 
 import torch
@@ -6,13 +7,13 @@ import torch.nn as nn
 
 from ..errors import ModelError
 from .hrnet import HRNet, load_hrnet_pretrained
-from .resnet import SimpleBaseline, load_torchvision_backbone
+from .resnet import DEPTHS, SimpleBaseline, load_torchvision_backbone
 from .tiny import TinyPose
 
 MODELS = {
     "tiny": lambda cfg, joints, stride: TinyPose(joints, cfg.width, stride),
     **{f"resnet{d}": (lambda d: lambda cfg, joints, stride: SimpleBaseline(d, joints, stride))(d)
-       for d in (18, 34, 50, 101, 152)},
+       for d in DEPTHS},
     "hrnet_w32": lambda cfg, joints, stride: HRNet(32, joints),
     "hrnet_w48": lambda cfg, joints, stride: HRNet(48, joints),
 }
@@ -26,7 +27,7 @@ def build_model(cfg, joints, stride):
     net = MODELS[cfg.name](cfg, joints, stride)
     if cfg.pretrained:
         if cfg.name.startswith("resnet"):
-            load_torchvision_backbone(net.backbone, cfg.pretrained)
+            load_torchvision_backbone(net.backbone, cfg.pretrained, int(cfg.name[len("resnet"):]))
         elif cfg.name.startswith("hrnet"):
             load_hrnet_pretrained(net, cfg.pretrained)
         else:

@@ -5,7 +5,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
-from .resnet import BasicBlock, Bottleneck, _read_state
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from .resnet import read_state
 
 BN_MOMENTUM = 0.1
 
@@ -114,7 +116,7 @@ class HRNet(nn.Module):
 def load_hrnet_pretrained(net, source):
     """Load the matching tensors (by name and shape) of an HRNet checkpoint (ImageNet or pose) from a file
     or URL; returns the number loaded. The classification head's extra layers are skipped."""
-    state = _read_state(source)
+    state = read_state(source)
     own = net.state_dict()
     found = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not found:

@@ -1,86 +1,27 @@
-"""ResNet backbone with torchvision's parameter names and shapes, and the SimpleBaseline deconv head.
+"""SimpleBaseline: torchvision's ResNet (without its pooling and classifier) and three deconvolutions.
 
-torchvision is not imported: its ImageNet checkpoints (`resnet18-f37072fd.pth` etc.) load into
-`SimpleBaseline.backbone` from a file or URL with `load_torchvision_backbone`.
-"""
+The backbone is `torchvision.models.resnet{18,34,50,101,152}` itself, cut after layer4 by torchvision's
+IntermediateLayerGetter, so its state dict is torchvision's (minus fc) and any torchvision checkpoint
+loads: a file, a URL, or a torchvision weights name such as IMAGENET1K_V1 (downloaded by torchvision
+into its cache where a network is reachable)."""
 import os
 
 import torch
 import torch.nn as nn
+import torchvision
+from torchvision.models._utils import IntermediateLayerGetter
 
-LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+from ..errors import ModelError
 
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, cin, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + idt)
+DEPTHS = (18, 34, 50, 101, 152)
 
 
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, cin, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # stride on the 3x3 (torchvision v1.5)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + idt)
-
-
-class ResNet(nn.Module):
-    """torchvision ResNet without avgpool/fc: returns the stride-32 feature map."""
-
-    def __init__(self, depth):
-        super().__init__()
-        block = BasicBlock if depth < 50 else Bottleneck
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.inplanes = 64
-        for i, (n, planes) in enumerate(zip(LAYERS[depth], (64, 128, 256, 512))):
-            setattr(self, f"layer{i + 1}", self._layer(block, planes, n, 1 if i == 0 else 2))
-        self.out_channels = self.inplanes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def _layer(self, block, planes, n, stride):
-        down = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            down = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                                 nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, down)]
-        self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, n)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+def resnet_backbone(depth):
+    """torchvision's resnet{depth}, randomly initialised by torchvision, returning {'out': layer4's map}."""
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    backbone = IntermediateLayerGetter(net, return_layers={"layer4": "out"})
+    backbone.out_channels = net.fc.in_features
+    return backbone
 
 
 class SimpleBaseline(nn.Module):
@@ -89,8 +30,8 @@ class SimpleBaseline(nn.Module):
     def __init__(self, depth=18, joints=17, stride=4, deconv=256):
         super().__init__()
         if stride != 4:
-            raise ValueError("SimpleBaseline predicts at stride 4: set data.heatmap_stride=4")
-        self.backbone = ResNet(depth)
+            raise ModelError("SimpleBaseline predicts at stride 4: set data.heatmap_stride=4")
+        self.backbone = resnet_backbone(depth)
         layers, c = [], self.backbone.out_channels
         for _ in range(3):
             layers += [nn.ConvTranspose2d(c, deconv, 4, 2, 1, bias=False), nn.BatchNorm2d(deconv), nn.ReLU(inplace=True)]
@@ -105,22 +46,35 @@ class SimpleBaseline(nn.Module):
 
     def forward(self, x):
         x = x.contiguous(memory_format=torch.channels_last)  # the nets are kept channels_last (faster convs)
-        return self.head(self.deconv(self.backbone(x))).contiguous()  # NCHW heatmaps, like the targets
+        return self.head(self.deconv(self.backbone(x)["out"])).contiguous()  # NCHW heatmaps, like the targets
 
 
-def _read_state(source):
-    """A state dict from a file path or a URL (through torch.hub's cache)."""
+def read_state(source, depth=None):
+    """A state dict from a file, a URL (torch.hub's cache), or a torchvision weights name of resnet{depth}."""
     if os.path.isfile(source):
         state = torch.load(source, map_location="cpu", weights_only=True)
     elif "://" in source:
         state = torch.hub.load_state_dict_from_url(source, map_location="cpu")
+    elif depth is not None and source.replace("_", "").isalnum() and source.isupper():
+        try:
+            weights = torchvision.models.get_weight(f"ResNet{depth}_Weights.{source}")
+        except (ValueError, KeyError, AttributeError):
+            raise ModelError(f"torchvision has no weights '{source}' for resnet{depth}")
+        try:
+            state = weights.get_state_dict(progress=False)
+        except OSError as e:  # URLError is an OSError: no network here
+            raise ModelError(f"cannot download torchvision's {source} weights for resnet{depth} ({e}); "
+                             "give model.pretrained a weights file instead")
     else:
         raise FileNotFoundError(f"pretrained weights not found: {source}")
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def load_torchvision_backbone(backbone, source):
-    """Load a torchvision ResNet state dict (file path or URL) into `backbone`; `fc.*` is dropped."""
-    state = {k: v for k, v in _read_state(source).items() if not k.startswith("fc.")}
-    backbone.load_state_dict(state, strict=True)
+def load_torchvision_backbone(backbone, source, depth=None):
+    """Load a torchvision ResNet state dict (file, URL or weights name) into `backbone`; `fc.*` is dropped."""
+    state = {k: v for k, v in read_state(source, depth).items() if not k.startswith("fc.")}
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{source} does not hold this ResNet's weights ({str(e).splitlines()[0][:200]})")
     return backbone
