@@ -5,14 +5,26 @@
     analysis.boundary_drift(runs, probes)          # fg/bg boundary at each tau around the joints
     analysis.write_figures("results/demo", "figures/")
     analysis.claims("results/demo")                # the paper's claims: paired effects, 95% intervals, verdicts
+
+Names and submodules load when first used (PEP 562): `collapse` reads analysis/cli.py at every start to
+build its command line, and pandas, matplotlib and scipy would add seconds to each `collapse` process.
 """
-from .claims import claims
-from .detector import collapse_curves, collapse_table, final_ap
-from .drift import boundary_drift, response_histograms
-from .figures import write_figures
-from .results import NotResults, load, run_folders
-from .tables import report
+import importlib
 
-__all__ = ["load", "run_folders", "NotResults", "collapse_curves", "collapse_table", "final_ap",
-           "boundary_drift", "response_histograms", "write_figures", "report", "claims"]
+_EXPORTS = {"load": "results", "run_folders": "results", "NotResults": "results", "collapse_curves": "detector",
+            "collapse_table": "detector", "final_ap": "detector", "boundary_drift": "drift",
+            "response_histograms": "drift", "write_figures": "figures", "report": "tables", "claims": "verdicts"}
+__all__ = sorted(_EXPORTS)
 
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    try:  # a submodule: analysis.figures, analysis.toy ...
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'analysis' has no attribute '{name}'") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,20 +1,26 @@
 """The analysis commands of `collapse`: demo (its table, figure and verdicts), figures, report, claims, toy.
 
 The library (collapse/) never imports this package; `collapse/cli.py` finds these commands through the
-`collapse.commands` entry point this package declares (pyproject.toml), so imports run one way only."""
+`collapse.commands` entry point this package declares (pyproject.toml), so imports run one way only.
+As there, each command imports what it runs (torch, matplotlib and scipy are slow to import, and this
+module is loaded whenever `collapse` starts)."""
 import os
 
-from collapse import demo
 from collapse.errors import ConfigError
-from collapse.runs import atomic_write_text
 
-from . import figures, tables, toy
-from .claims import claims, to_markdown, write as write_claims
-from .demo import demo_figure, demo_table
-from .toy import DESCRIPTION, add_arguments
+from .toy_settings import DESCRIPTION, add_arguments
+
+
+def _error(msg):
+    raise ConfigError(msg)
 
 
 def cmd_demo(args):
+    from collapse import demo
+    from collapse.runs import atomic_write_text
+
+    from .verdicts import claims, to_markdown
+    from .demo import demo_figure, demo_table
     args.grid = args.grid or demo.GRID
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
@@ -35,10 +41,13 @@ def cmd_demo(args):
 
 
 def cmd_figures(args):
+    from . import figures
     print("\n".join(figures.write_figures(args.results, args.out)))
 
 
 def cmd_report(args):
+    from . import tables
+    from .verdicts import write as write_claims
     print(tables.report(args.results, args.out), end="")
     if args.out:
         write_claims(args.results, args.out)
@@ -49,12 +58,14 @@ def cmd_report(args):
 
 
 def cmd_claims(args):
+    from .verdicts import write as write_claims
     print(write_claims(args.results, args.out), end="")
     print(f"wrote {os.path.join(args.out or args.results, 'claims.md')} and claims.json")
 
 
 def cmd_toy(args):
-    toy.run_cli(args, lambda msg: (_ for _ in ()).throw(ConfigError(msg)))
+    from . import toy
+    toy.run_cli(args, _error)
 
 
 def commands(sub):

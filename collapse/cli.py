@@ -1,23 +1,21 @@
 """The `collapse` command: prepare, train, grid, bench here; the analysis commands (demo, figures, report,
 claims, toy) come from the packages that declare a `collapse.commands` entry point (analysis/cli.py), so
-the library never imports analysis. A user's mistake is one line and exit 2, a failed run one line and exit 1."""
+the library never imports analysis. A user's mistake is one line and exit 2, a failed run one line and exit 1.
+
+Each command imports what it runs, inside its function: torch, torchvision and scipy take seconds to import,
+which `collapse --help`, a mistyped command and every grid subprocess would otherwise pay."""
 import argparse
 import os
 import sys
 from importlib.metadata import entry_points
 
 from . import config
-from .bench import bench
-from .data import synthetic
-from .data.prepare_coco import prepare
 from .errors import ConfigError, RunFailure, UserError
-from .executors import die_with_parent
-from .grid import run_grid
-from .runs import run_id
-from .train import train
 
 
 def cmd_prepare(args):
+    from .data import synthetic
+    from .data.prepare_coco import prepare
     if args.source == "synthetic":
         if args.train <= 0 or args.val <= 0:
             raise ConfigError("--train and --val must be positive")
@@ -35,6 +33,7 @@ def cmd_prepare(args):
 
 
 def _default_out(cfg, base="results"):
+    from .runs import run_id
     return os.path.join(base, f"{cfg.method.name}-{run_id(cfg.to_dict())}")
 
 
@@ -49,6 +48,7 @@ def _print_final(manifest):
 
 
 def cmd_train(args):
+    from .train import train
     cfg = config.load(args.config, args.overrides)
     out = args.out or _default_out(cfg)
     manifest = train(cfg, out, progress=not args.quiet)
@@ -57,6 +57,7 @@ def cmd_train(args):
 
 
 def cmd_grid(args):
+    from .grid import run_grid
     states = run_grid(args.grid, args.out, args.executor, args.scale, args.dry_run, args.retry_failed, args.jobs,
                       args.threads, args.address, args.cpus, args.gpus)
     if not args.dry_run and any(s == "failed" for s in states.values()):
@@ -64,6 +65,7 @@ def cmd_grid(args):
 
 
 def cmd_bench(args):
+    from .bench import bench
     if args.steps < 1 or args.batches < 1 or args.rounds < 1 or args.decode < 0:
         raise ConfigError("--steps, --batches and --rounds must be positive, --decode >= 0")
     bench(config.load(args.config, args.overrides), args.steps, args.batches, args.workers, args.rounds, args.decode)
@@ -143,6 +145,7 @@ def parser():
 
 def main(argv=None):
     if os.environ.get("COLLAPSE_DIE_WITH_PARENT") == "1":  # a grid's training subprocess
+        from .executors import die_with_parent
         die_with_parent()
     args = parser().parse_args(argv)
     try:

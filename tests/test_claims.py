@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.claims import claims
+from analysis.verdicts import claims
 from analysis.stats import paired_interval, verdict
 from collapse.cli import main
 from collapse.config import Config

@@ -5,7 +5,8 @@ import torch
 import torchvision
 
 from collapse.config import ModelConfig
-from collapse.models import ModelError, SimpleBaseline, TinyPose, build_model, load_torchvision_backbone
+from collapse.models import ModelError, TinyPose, build_model
+from collapse.models.resnet import SimpleBaseline, load_torchvision_backbone
 
 
 @pytest.mark.parametrize("depth", [18, 50])

@@ -6,16 +6,30 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
-from .hrnet import HRNet, load_hrnet_pretrained
-from .resnet import DEPTHS, SimpleBaseline, load_torchvision_backbone
 from .tiny import TinyPose
+
+
+# resnet.py and hrnet.py are imported when such a net is built: torchvision takes about a second to import
+# (its ops pull in torch._dynamo), which every training subprocess of a grid of tiny nets would pay
+def _simple_baseline(depth):
+    def build(cfg, joints, stride):
+        from .resnet import SimpleBaseline
+        return SimpleBaseline(depth, joints, stride)
+    return build
+
+
+def _hrnet(width):
+    def build(cfg, joints, stride):
+        from .hrnet import HRNet
+        return HRNet(width, joints)
+    return build
+
 
 MODELS = {
     "tiny": lambda cfg, joints, stride: TinyPose(joints, cfg.width, stride),
-    **{f"resnet{d}": (lambda d: lambda cfg, joints, stride: SimpleBaseline(d, joints, stride))(d)
-       for d in DEPTHS},
-    "hrnet_w32": lambda cfg, joints, stride: HRNet(32, joints),
-    "hrnet_w48": lambda cfg, joints, stride: HRNet(48, joints),
+    **{f"resnet{d}": _simple_baseline(d) for d in (18, 34, 50, 101, 152)},
+    "hrnet_w32": _hrnet(32),
+    "hrnet_w48": _hrnet(48),
 }
 
 
@@ -27,8 +41,10 @@ def build_model(cfg, joints, stride):
     net = MODELS[cfg.name](cfg, joints, stride)
     if cfg.pretrained:
         if cfg.name.startswith("resnet"):
+            from .resnet import load_torchvision_backbone
             load_torchvision_backbone(net.backbone, cfg.pretrained, int(cfg.name[len("resnet"):]))
         elif cfg.name.startswith("hrnet"):
+            from .hrnet import load_hrnet_pretrained
             load_hrnet_pretrained(net, cfg.pretrained)
         else:
             raise ModelError("model.pretrained applies to resnet and hrnet models")
