@@ -4,6 +4,8 @@ The backbone is `torchvision.models.resnet{18,34,50,101,152}` itself, cut after 
 IntermediateLayerGetter, so its state dict is torchvision's (minus fc) and any torchvision checkpoint
 loads: a file, a URL, or a torchvision weights name such as IMAGENET1K_V1 (downloaded by torchvision
 into its cache where a network is reachable)."""
+import contextlib
+import io
 import os
 
 import torch
@@ -61,7 +63,8 @@ def read_state(source, depth=None):
         except (ValueError, KeyError, AttributeError):
             raise ModelError(f"torchvision has no weights '{source}' for resnet{depth}")
         try:
-            state = weights.get_state_dict(progress=False)
+            with contextlib.redirect_stdout(io.StringIO()):  # torch.hub prints "Downloading: ..." first
+                state = weights.get_state_dict(progress=False)
         except OSError as e:  # URLError is an OSError: no network here
             raise ModelError(f"cannot download torchvision's {source} weights for resnet{depth} ({e}); "
                              "give model.pretrained a weights file instead")
