@@ -10,6 +10,7 @@ easy view   A_e = E o base           (E: rotation, scale, horizontal flip about 
 hard view   A_h = X o A_e            (X: an extra rotation + scale, no flip)
 transport   X carries a heatmap predicted on the easy view into the hard view's frame.
 """
+import functools
 import math
 
 import torch
@@ -54,22 +55,37 @@ def transform_points(A, pts):
     return pts @ A[:, :2, :2].transpose(1, 2) + A[:, None, :2, 2]
 
 
+@functools.lru_cache(maxsize=64)
 def _normaliser(hw, device):
+    """Pixels -> grid_sample's [-1, 1] coordinates for an image of size hw, and its inverse; made once per
+    size and device (a tensor built from Python numbers is a host-to-device copy on CUDA)."""
     h, w = hw
-    return torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], device=device)
+    n = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], device=device)
+    return n, torch.linalg.inv(n)
+
+
+def inverse(A):
+    """Batched inverse of (B,3,3) view matrices without linalg.inv's error check, which waits for the device
+    (same values as linalg.inv: the same LAPACK/cuSOLVER factorisation)."""
+    return torch.linalg.inv_ex(A).inverse
 
 
 def warp(x, A, out_hw):
     """Resample images or heatmaps x (B,C,H,W) into the frame of A (source pixels -> output pixels)."""
-    n_src, n_out = _normaliser(x.shape[-2:], x.device), _normaliser(out_hw, x.device)
-    theta = n_src @ torch.linalg.inv(A) @ torch.linalg.inv(n_out)
+    (n_src, _), (_, n_out_inv) = _normaliser(tuple(x.shape[-2:]), x.device), _normaliser(tuple(out_hw), x.device)
+    theta = n_src @ inverse(A) @ n_out_inv
     grid = F.affine_grid(theta[:, :2].to(x.dtype), (len(x), x.shape[1], *out_hw), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+@functools.lru_cache(maxsize=8)
+def _flip_index(device):
+    return torch.tensor(FLIP_INDEX, device=device)
+
+
 def swap_flipped(t, flip):
     """Reorder joint channels (dim 1) of the samples that were mirrored, so channel j is joint j again."""
-    index = torch.tensor(FLIP_INDEX, device=t.device)
+    index = _flip_index(t.device)
     return torch.where(flip.view(-1, *([1] * (t.dim() - 1))), t[:, index], t)
 
 
@@ -80,7 +96,13 @@ def normalise(crops_u8):
 
 def normalise_float(x):
     """float (B,3,H,W) in 0..255 -> ImageNet-normalised."""
-    return (x - MEAN.to(x.device).view(1, 3, 1, 1)) / STD.to(x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device)
+    return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(device):
+    return MEAN.to(device).view(1, 3, 1, 1), STD.to(device).view(1, 3, 1, 1)
 
 
 class ViewMaker:
@@ -90,19 +112,19 @@ class ViewMaker:
         self.aug, self.hw, self.gen = aug, tuple(input_hw), generator
 
     def _rotation(self, n, factor, prob, device):
-        r = (torch.randn(n, generator=self.gen) * factor).clamp(-2 * factor, 2 * factor)
-        keep = torch.rand(n, generator=self.gen) < prob
+        r = (torch.randn(n, generator=self.gen, device=self.gen.device) * factor).clamp(-2 * factor, 2 * factor)
+        keep = torch.rand(n, generator=self.gen, device=self.gen.device) < prob
         return torch.where(keep, r, torch.zeros_like(r)).to(device)
 
     def _scale(self, n, factor, device):
-        return (1 + torch.randn(n, generator=self.gen) * factor).clamp(1 - factor, 1 + factor).to(device)
+        return (1 + torch.randn(n, generator=self.gen, device=self.gen.device) * factor).clamp(1 - factor, 1 + factor).to(device)
 
     def easy(self, n, device):
         """(matrix in the input frame, flip mask): the paper's easy augmentation."""
         a = self.aug
         rot = self._rotation(n, a.rotation, a.rot_prob, device)
         scale = self._scale(n, a.scale, device)
-        flip = (torch.rand(n, generator=self.gen) < a.flip).to(device)
+        flip = (torch.rand(n, generator=self.gen, device=self.gen.device) < a.flip).to(device)
         return about_centre(rot, scale, flip, self.hw), flip
 
     def extra(self, n, device):
@@ -144,8 +166,8 @@ def randaugment(x, gen, n_ops=2, magnitude=20):
         lambda x: cutout(x, (80 * v * x.shape[-1] / 192) * torch.ones(b, device=device), gen, (125.0, 123.0, 114.0)),
     ]
     for _ in range(n_ops):
-        choice = torch.randint(len(ops), (b,), generator=gen).to(device)
-        sign = 1 + v * 0.9 * (2 * (torch.rand(b, generator=gen) < 0.5).float() - 1).to(device)
+        choice = torch.randint(len(ops), (b,), generator=gen, device=gen.device).to(device)
+        sign = 1 + v * 0.9 * (2 * (torch.rand(b, generator=gen, device=gen.device) < 0.5).float() - 1).to(device)
         out = x
         for k, op in enumerate(ops):
             pick = (choice == k).view(-1, 1, 1, 1)
@@ -158,8 +180,8 @@ def randaugment(x, gen, n_ops=2, magnitude=20):
 def cutout(x, size, gen, fill):
     """One square of side `size` (B,) per sample at a random centre, filled with `fill`."""
     b, _, h, w = x.shape
-    cx = torch.rand(b, generator=gen).to(x.device) * w
-    cy = torch.rand(b, generator=gen).to(x.device) * h
+    cx = torch.rand(b, generator=gen, device=gen.device).to(x.device) * w
+    cy = torch.rand(b, generator=gen, device=gen.device).to(x.device) * h
     ys = torch.arange(h, device=x.device).view(1, h, 1) + 0.5
     xs = torch.arange(w, device=x.device).view(1, 1, w) + 0.5
     r = (size / 2).view(-1, 1, 1)
@@ -173,10 +195,10 @@ def joint_cutout(x, joints, count, gen):
     colour of normalised input). Sizes and jitter follow the paper's code, scaled from 256-pixel crops."""
     b, _, h, w = x.shape
     k = h / 256
-    pick = torch.randint(joints.shape[1], (b, count), generator=gen).to(x.device)
+    pick = torch.randint(joints.shape[1], (b, count), generator=gen, device=gen.device).to(x.device)
     centre = torch.gather(joints, 1, pick[..., None].expand(-1, -1, 2))
-    centre = centre + torch.randn(b, count, 2, generator=gen).to(x.device) * 10 * k
-    half = torch.randint(10, 20, (b, count, 2), generator=gen).to(x.device) * k
+    centre = centre + torch.randn(b, count, 2, generator=gen, device=gen.device).to(x.device) * 10 * k
+    half = torch.randint(10, 20, (b, count, 2), generator=gen, device=gen.device).to(x.device) * k
     ys = torch.arange(h, device=x.device).view(1, 1, h, 1) + 0.5
     xs = torch.arange(w, device=x.device).view(1, 1, 1, w) + 0.5
     inside = ((xs - centre[..., 0, None, None]).abs() < half[..., 0, None, None]) & \
@@ -191,7 +213,7 @@ def strong_photometric(x, gen):
     (area 2-40%, aspect 0.3-3.3, random noise fill). Hue jitter is left out (no cheap batched form)."""
     b, _, h, w = x.shape
     dev = x.device
-    u = lambda *shape: torch.rand(*shape, generator=gen).to(dev)
+    u = lambda *shape: torch.rand(*shape, generator=gen, device=gen.device).to(dev)
     jitter = (u(b) < 0.8).view(-1, 1, 1, 1)
     f = 0.5 + u(3, b)
     j = _blend(x, torch.zeros_like(x), f[0])                                       # brightness
@@ -218,5 +240,5 @@ def strong_photometric(x, gen):
     xs = torch.arange(w, device=dev).view(1, 1, w) + 0.5
     box = ((ys - cy.view(-1, 1, 1)).abs() < bh.view(-1, 1, 1) / 2) & ((xs - cx.view(-1, 1, 1)).abs() < bw.view(-1, 1, 1) / 2)
     box = box & (u(b) < 0.5).view(-1, 1, 1)
-    noise = torch.rand(b, 3, h, w, generator=gen).to(dev) * 255
+    noise = torch.rand(b, 3, h, w, generator=gen, device=gen.device).to(dev) * 255
     return torch.where(box[:, None], noise, x).clamp(0, 255)

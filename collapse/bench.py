@@ -8,6 +8,7 @@ one set per call), one affine on image and keypoints, a centre crop, a flip that
 joints and their visibility (v2 does neither), visibility cleared outside the crop, Gaussian targets in
 numpy. `PerSampleCrops` is the classical SimpleBaseline-style code: PIL's C warp and a per-joint loop.
 """
+import copy
 import math
 import os
 import tempfile
@@ -181,13 +182,13 @@ def bench(cfg: Config, steps=50, batches=30, workers=None, rounds=3, decode=256,
         for _ in range(5):
             tr.train_step()
         sync()
-        tr.timing["data"] = 0.0
+        tr.data_clock.read()
         t0 = time.perf_counter()
         for _ in range(steps):
             tr.train_step()
         sync()
         step_s = (time.perf_counter() - t0) / steps
-        data_share = tr.timing["data"] / steps / step_s
+        data_share = tr.data_clock.read() / steps / step_s  # CUDA events on a GPU
         t = cfg.train
         images = t.batch_labeled + (t.batch_unlabeled if tr.method.uses_unlabeled else 0)
         workers = workers if workers is not None else 2
@@ -219,3 +220,33 @@ def bench(cfg: Config, steps=50, batches=30, workers=None, rounds=3, decode=256,
              f"{figures['decode_ms_pil'] / figures['decode_ms_torchcodec']:.2f}x as long "
              f"(max pixel difference {figures['decode_max_abs_diff']})")
     return figures
+
+
+def compile_race(cfg: Config, steps=30, rounds=3, warmup=5, echo=print):
+    """ms per training step with and without train.compile, two trainers in one process, alternating rounds
+    of `steps` steps after `warmup` steps each (compiling happens there), the median round; returns both
+    and their ratio. Every pass a method makes goes through ctx.forward, so compiling covers all of them."""
+    sync = (lambda: torch.cuda.synchronize()) if torch.cuda.is_available() and cfg.train.device != "cpu" else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for name, flag in (("eager", False), ("compiled", True)):
+            c = copy.deepcopy(cfg)
+            c.train.compile = flag
+            trainers[name] = Trainer(c, os.path.join(tmp, name), progress=False)
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                trainers[name].train_step()
+            sync()
+            echo(f"  {name}: {warmup} warm-up steps in {time.perf_counter() - t0:.1f} s")
+        times = {name: [] for name in trainers}
+        for _ in range(rounds):
+            for name, tr in trainers.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    tr.train_step()
+                sync()
+                times[name].append(1000 * (time.perf_counter() - t0) / steps)
+    ms = {name: float(np.median(t)) for name, t in times.items()}
+    echo(f"  {cfg.method.name}: eager {ms['eager']:.1f} ms/step, compiled {ms['compiled']:.1f} ms/step -> compiled takes "
+         f"{ms['compiled'] / ms['eager']:.2f}x the eager time (median of {rounds} alternating rounds of {steps} steps)")
+    return dict(ms, ratio=ms["compiled"] / ms["eager"], rounds=times)

@@ -68,7 +68,12 @@ def cmd_bench(args):
     from .bench import bench
     if args.steps < 1 or args.batches < 1 or args.rounds < 1 or args.decode < 0:
         raise ConfigError("--steps, --batches and --rounds must be positive, --decode >= 0")
-    bench(config.load(args.config, args.overrides), args.steps, args.batches, args.workers, args.rounds, args.decode)
+    cfg = config.load(args.config, args.overrides)
+    if args.compile:
+        from .bench import compile_race
+        compile_race(cfg, args.steps, args.rounds)
+    else:
+        bench(cfg, args.steps, args.batches, args.workers, args.rounds, args.decode)
 
 
 def parser():
@@ -135,6 +140,8 @@ def parser():
     be.add_argument("--workers", type=int, help="DataLoader workers of the per-sample pipelines (default 2; v2 runs with 1 too)")
     be.add_argument("--rounds", type=int, default=3, help="alternating rounds per data path, the median kept (default 3)")
     be.add_argument("--decode", type=int, default=256, help="train images in the decoding race (default 256; 0: none)")
+    be.add_argument("--compile", action="store_true", help="instead: ms/step with and without train.compile, alternating "
+                    "rounds of --steps steps in one process, as a ratio")
     be.set_defaults(func=cmd_bench)
 
     for plugin in entry_points(group="collapse.commands"):  # analysis: demo, figures, report, claims, toy

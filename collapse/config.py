@@ -82,7 +82,8 @@ class TrainConfig:
                                      # in a warm-started grid one supervised stage) instead of one each
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads (0 = torch's default)
-    compile: bool = False
+    compile: bool = False            # every pass of a step through torch.compile (ctx.forward)
+    compile_mode: str = "default"    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     precision: str = "auto"          # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     progress: bool = True
     tensorboard: bool = False        # also write RUN/tensorboard/ (losses, lr, AP, collapse index, response histograms)
@@ -228,6 +229,8 @@ def validate(cfg: Config):
         raise ConfigError(f"config key 'data.split' must be first or random, got '{d.split}'")
     if d.labeled == 0 or d.labeled < -1:
         raise ConfigError(f"config key 'data.labeled' must be positive or -1 (all), got {d.labeled}")
+    if t.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        raise ConfigError(f"config key 'train.compile_mode' must be default, reduce-overhead or max-autotune, got '{t.compile_mode}'")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"config key 'train.precision' must be auto, fp32 or bf16, got '{t.precision}'")
     if cfg.eval.decode not in ("argmax", "dark"):

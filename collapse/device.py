@@ -1,4 +1,6 @@
 """Where a run computes: the device named by train.device, and whether bf16 autocast pays there."""
+import time
+
 import torch
 
 from .errors import DeviceError  # noqa: F401  (re-exported)
@@ -29,3 +31,33 @@ def use_bf16(precision, device):
     if precision == "auto":
         return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
     return precision == "bf16"
+
+
+class Stopwatch:
+    """Time spent in one section of every step (the data path): CUDA events on a GPU, where the host only
+    queues work and a host clock would time the queueing; perf_counter on the CPU. `read()` returns the
+    seconds since the last read; on a GPU it waits for the device, so it is called at log, evaluation
+    and checkpoint steps only, never inside a step."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.how = "cuda events" if self.cuda else "perf_counter"
+        self.pending, self.seconds, self.t0 = [], 0.0, None
+
+    def start(self):
+        if self.cuda:
+            self.pending.append([torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)])
+            self.pending[-1][0].record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.pending[-1][1].record()
+        else:
+            self.seconds += time.perf_counter() - self.t0
+
+    def read(self):
+        seconds = self.seconds + sum(a.elapsed_time(b) for a, b in self.pending) / 1000
+        self.pending, self.seconds = [], 0.0
+        return seconds

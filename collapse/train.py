@@ -17,7 +17,7 @@ from .data.splits import ensure_data, split_rows, val_set
 from .data.skeleton import NUM_JOINTS
 from .data.store import Pool
 from .errors import RunFailure
-from .device import resolve_device, use_bf16
+from .device import Stopwatch, resolve_device, use_bf16
 from .evaluate import evaluate
 from .methods import Context, build_method, is_loss
 from .models import Average, build_model
@@ -77,7 +77,9 @@ class Trainer:
         train_store, val_store, *pool_store = ensure_data(cfg, self.progress)
         pool_store = pool_store[0] if pool_store else train_store
         lab, unl = split_rows(cfg, len(train_store), len(pool_store) if cfg.data.unlabeled_split else None)
-        self.gen = torch.Generator().manual_seed(t.seed)
+        # every random draw of a step comes from this generator, on the run's device: no host-to-device
+        # copies; on the CPU the same stream as ever (its state rides in the checkpoint: resume is exact)
+        self.gen = torch.Generator(device=self.device).manual_seed(t.seed)
         # the unlabeled pool exists for every method: supervised runs are probed on it too
         self.batches = Batches(cfg, Pool(train_store, lab, self.device),
                                Pool(pool_store, unl, self.device) if len(unl) else None, self.device, self.gen)
@@ -93,7 +95,7 @@ class Trainer:
         params = [p for n in self.nets for p in n.parameters()]
         self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
-        self.ctx = Context(self.nets, self.batches, steps=t.steps, compile=t.compile,
+        self.ctx = Context(self.nets, self.batches, steps=t.steps, compile=t.compile, compile_mode=t.compile_mode,
                            on_artifact=self.save_artifact, on_restart=self.reset_net)
         self.method.setup(self.ctx)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
@@ -104,6 +106,7 @@ class Trainer:
         self.loss_sums, self.loss_count = None, 0  # loss terms summed since the last log line
         self.latest, self.t_start = {}, time.perf_counter()  # the last evaluation's metrics; the clock's zero
         self.board = None  # TensorBoard (train.tensorboard), opened once the run folder exists
+        self.data_clock = Stopwatch(self.device)  # the data path's share of a step, honestly timed on a GPU
 
     def save_artifact(self, name, arrays):
         runs.atomic_write_bytes_from(self.run.file(name), lambda f: np.savez(f, **arrays))
@@ -134,8 +137,8 @@ class Trainer:
             n.load_state_dict(sd)
         self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])
-        self.gen.set_state(s["gen"])
-        torch.set_rng_state(s["torch_rng"])
+        self.gen.set_state(s["gen"].cpu())  # generator states are CPU tensors (map_location moved them)
+        torch.set_rng_state(s["torch_rng"].cpu())
         for t, sd in zip(self.ctx.teachers, s["teachers"]):
             t.load_state_dict(sd)
         self.metrics, self.probes, self.timing = s["metrics"], s["probes"], s["timing"]
@@ -192,10 +195,10 @@ class Trainer:
     def train_step(self):
         """One optimisation step; returns its loss terms (tensors on the device, never synchronised here)."""
         t, m = self.cfg.train, self.method
-        t0 = time.perf_counter()
+        self.data_clock.start()
         lab = self.batches.labeled(t.batch_labeled)
         unl = self.batches.unlabeled(t.batch_unlabeled) if m.uses_unlabeled else None
-        self.timing["data"] += time.perf_counter() - t0
+        self.data_clock.stop()
         self.ctx.step = self.step
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             terms = m.losses(self.ctx, lab, unl)
@@ -254,6 +257,7 @@ class Trainer:
     def save(self):
         """metrics, probes and the checkpoint, each written atomically; never a checkpoint of a diverged net."""
         self.timing["total"] = time.perf_counter() - self.t_start
+        self.timing["data"] += self.data_clock.read()
         if self.loss_sums is not None:
             self.check_finite({k: (v / max(self.loss_count, 1)).item() for k, v in self.loss_sums.items()})
         runs.atomic_write_parquet(self.run.file("metrics.parquet"), pd.DataFrame(
@@ -291,7 +295,7 @@ class Trainer:
                 f"unlabeled response below {t.collapse_ratio} x its peak since step {collapsed}"))
         return self.run.update_manifest(
             **end, finished=time.time(), final=final, steps=self.step,
-            timing=dict(self.timing, data_share=self.timing["data"] / max(train_time, 1e-9),
+            timing=dict(self.timing, data_clock=self.data_clock.how, data_share=self.timing["data"] / max(train_time, 1e-9),
                         probe_share=self.timing["probe"] / max(self.timing["total"], 1e-9),
                         seconds_per_step=train_time / max(self.step, 1)))
 

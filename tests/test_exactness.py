@@ -252,3 +252,28 @@ def test_the_share_of_visible_joints_outside_the_teacher_field_is_counted(synth_
     stats = Method.outside_share(ctx, dict(unl, keypoints=kp), sv, field)
     assert float(stats["stat/joints_outside_field"]) == pytest.approx(4 / 16)
     assert float(stats["stat/outside_field"]) == pytest.approx(0.5)
+
+
+def test_compiling_covers_every_pass_of_a_step(synth_root, tmp_path, monkeypatch):
+    """train.compile: every forward pass a method makes goes through a torch.compile'd callable (ctx.forward),
+    the unsupervised ones and the teacher's too, not only the supervised pass."""
+    from collapse import config
+    from collapse.methods import context
+    from collapse.train import Trainer
+    compiled, calls = [], []
+
+    def fake_compile(module, mode):
+        compiled.append((module, mode))
+        return lambda x: calls.append(module) or module(x)
+    monkeypatch.setattr(context.torch, "compile", fake_compile)
+    for name, passes in (("dual", 2 + 2 + 2), ("mean_teacher", 1 + 1 + 1), ("consistency", 1 + 2)):
+        compiled.clear(), calls.clear()
+        cfg = config.load("configs/demo.yaml", [f"data.root={synth_root}", "model.width=8", f"method.name={name}",
+                                                "train.compile=true", "train.compile_mode=reduce-overhead"])
+        tr = Trainer(cfg, str(tmp_path / name), progress=False)
+        seen = []
+        for net in {id(n): n for n in tr.nets + tr.ctx.teachers}.values():  # dual's teachers are its nets
+            net.register_forward_hook(lambda m, i, o: seen.append(m))
+        tr.train_step()
+        assert len(calls) == len(seen) == passes, name  # every pass was a compiled one
+        assert {m for m, _ in compiled} >= set(tr.nets) and {mode for _, mode in compiled} == {"reduce-overhead"}

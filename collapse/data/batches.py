@@ -1,9 +1,11 @@
 """Batch streams: sample store rows, make views on the device, render targets. No per-sample Python."""
+import functools
 from typing import NamedTuple
 
 import torch
 
-from ..augment import ViewMaker, normalise, normalise_float, store_to_input, swap_flipped, transform_points, warp
+from ..augment import (ViewMaker, inverse, normalise, normalise_float, store_to_input, swap_flipped,
+                       transform_points, warp)
 from ..heatmaps import gaussian_targets
 from .skeleton import labeled
 
@@ -27,10 +29,10 @@ class Batches:
         self.stride = cfg.data.heatmap_stride
         self.heatmap_hw = (self.input_hw[0] // self.stride, self.input_hw[1] // self.stride)
         self.views = ViewMaker(cfg.augment, self.input_hw, generator)
-        self.unlabeled_subset = None  # CPU tensor of pool rows to sample unlabeled crops from (None: all); set by staged methods
+        self.unlabeled_subset = None  # pool rows to sample unlabeled crops from (None: all), on the generator's device; set by staged methods
 
     def _indices(self, pool, n):
-        return torch.randint(len(pool), (n,), generator=self.gen)
+        return torch.randint(len(pool), (n,), generator=self.gen, device=self.gen.device)
 
     def base(self, n, pool):
         return store_to_input(n, pool.store.store_hw, self.input_hw, self.device)
@@ -59,7 +61,7 @@ class Batches:
         if self.unlabeled_subset is None:
             idx = self._indices(self.unlabeled_pool, n)
         else:
-            idx = self.unlabeled_subset[torch.randint(len(self.unlabeled_subset), (n,), generator=self.gen)]
+            idx = self.unlabeled_subset[torch.randint(len(self.unlabeled_subset), (n,), generator=self.gen, device=self.gen.device)]
         crops, kps = self.unlabeled_pool.fetch(idx)
         E, flip = self.views.easy(n, self.device)
         return dict(crops=crops.permute(0, 3, 1, 2).float(), base=self.base(n, self.unlabeled_pool),
@@ -103,6 +105,13 @@ class Batches:
         return (self._carry(ones, A_from, A_to) > FIELD_MIN).float()
 
     def _carry(self, maps, A_from, A_to):
-        rel = A_to @ torch.linalg.inv(A_from)
-        s = torch.diag(torch.tensor([1.0 / self.stride, 1.0 / self.stride, 1.0], device=maps.device))
-        return warp(maps, s @ rel @ torch.linalg.inv(s), self.heatmap_hw)
+        rel = A_to @ inverse(A_from)
+        s, s_inv = _stride_scale(self.stride, maps.device)
+        return warp(maps, s @ rel @ s_inv, self.heatmap_hw)
+
+
+@functools.lru_cache(maxsize=8)
+def _stride_scale(stride, device):
+    """Input pixels -> heatmap pixels, and back: made once per stride and device."""
+    s = torch.diag(torch.tensor([1.0 / stride, 1.0 / stride, 1.0], device=device))
+    return s, torch.linalg.inv(s)

@@ -239,7 +239,7 @@ class Pool:
         if self.resident:
             crops = self.crops[idx.to(self.device)]
         else:
-            host = torch.from_numpy(self.store.crops[self.rows[idx.numpy()]])
+            host = torch.from_numpy(self.store.crops[self.rows[idx.cpu().numpy()]])  # the map is on the host
             if self.device.type == "cuda":
                 host = host.pin_memory()
             crops = host.to(self.device, non_blocking=True)

@@ -1,9 +1,8 @@
 import math
 from dataclasses import dataclass
 
-import torch
 
-from ..augment import joint_cutout, randaugment, swap_flipped, transform_points
+from ..augment import inverse, joint_cutout, randaugment, swap_flipped, transform_points
 from ..config import ConfigError
 from ..data.skeleton import labeled
 from ..heatmaps import decode
@@ -151,7 +150,7 @@ class Method:
         if not self.cfg.joint_cutout:
             return x
         xy, _ = decode(teacher_heat.detach().float())
-        pts = transform_points(sv.A @ torch.linalg.inv(tv.A), xy * ctx.batches.stride)
+        pts = transform_points(sv.A @ inverse(tv.A), xy * ctx.batches.stride)
         return joint_cutout(x, swap_flipped(pts, tv.flip != sv.flip), self.cfg.joint_cutout, ctx.batches.gen)
 
     @staticmethod

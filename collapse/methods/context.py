@@ -13,7 +13,8 @@ class Context:
     teachers: list = None            # what teaches each net (default: the net itself; an EMA copy for mean_teacher)
     step: int = 0
     steps: int = 0                   # the run's length (staged recipes place their stages by it)
-    compile: bool = False            # train.compile: passes go through torch.compile'd callables
+    compile: bool = False            # train.compile: passes go through torch.compile'd callables ...
+    compile_mode: str = "default"    # ... of this mode (train.compile_mode)
     on_artifact: object = None       # (name, {array name: numpy array}) -> writes RUN/name; None: not kept
     on_restart: object = None        # (net index) -> re-initialise that net with a fresh optimizer state
     _compiled: dict = field(default_factory=dict, repr=False)
@@ -28,7 +29,7 @@ class Context:
         module = (self.teachers if teacher else self.nets)[net]
         if self.compile:
             if id(module) not in self._compiled:
-                self._compiled[id(module)] = torch.compile(module)
+                self._compiled[id(module)] = torch.compile(module, mode=self.compile_mode)
             module = self._compiled[id(module)]
         return module(x).float()
 

@@ -206,7 +206,7 @@ class SelfTraining(PseudoLabelBase):
         elif self.cfg.st_plus and done == self.second:
             self.stage = "all"
             rest = torch.as_tensor(np.setdiff1d(np.arange(len(ctx.batches.unlabeled_pool)),
-                                                ctx.batches.unlabeled_subset.numpy()))
+                                                ctx.batches.unlabeled_subset.cpu().numpy()))
             self.relabel(ctx, net, rest)
             ctx.batches.unlabeled_subset = None
             ctx.restart(0)
@@ -225,7 +225,7 @@ class SelfTraining(PseudoLabelBase):
         scores = scores / max(len(self.snapshots), 1)
         order = torch.argsort(scores, descending=True, stable=True)
         chosen = order[: max(1, int(round(self.cfg.select_ratio * len(pool))))]
-        batches.unlabeled_subset = chosen.cpu()  # indices are drawn on the CPU: no device sync per step
+        batches.unlabeled_subset = chosen.to(batches.gen.device)  # where the indices are drawn: no copy per step
         self.snapshots = []  # no longer needed; keeps checkpoints small
         ctx.save_artifact("reliability.npz", score=scores.cpu().numpy(), selected=chosen.cpu().numpy(),
                    pool_rows=pool.rows)
