@@ -171,7 +171,9 @@ def randaugment(x, gen, n_ops=2, magnitude=20):
         out = x
         for k, op in enumerate(ops):
             pick = (choice == k).view(-1, 1, 1, 1)
-            if pick.any():
+            # skipping an op no sample picked saves work on the CPU (and keeps its random stream as it was);
+            # on a GPU, asking would wait for the device, so every op runs
+            if x.device.type != "cpu" or pick.any():
                 out = torch.where(pick, op(x), out)
         x = out
     return x.clamp(0, 255)
