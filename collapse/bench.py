@@ -47,14 +47,19 @@ def _gaussians(pts, vis, hw, stride, sigma):
     return g * weight[:, None, None], weight
 
 
-class TransformsV2Crops(torch.utils.data.Dataset):
-    """Labeled crops with targets through torchvision.transforms.v2, one sample at a time."""
+class _StoreRows(torch.utils.data.Dataset):
+    """Rows of a crop store, one sample at a time: what a per-sample peer reads."""
 
     def __init__(self, cfg: Config, store, rows):
         self.cfg, self.store, self.rows = cfg, store, np.asarray(rows)
+        self.hw = tuple(cfg.data.input_size)
 
     def __len__(self):
         return len(self.rows)
+
+
+class TransformsV2Crops(_StoreRows):
+    """Labeled crops with targets through torchvision.transforms.v2, one sample at a time."""
 
     def __getitem__(self, i):
         a, d = self.cfg.augment, self.cfg.data
@@ -75,15 +80,8 @@ class TransformsV2Crops(torch.utils.data.Dataset):
         return x.as_subclass(torch.Tensor), torch.from_numpy(target), torch.from_numpy(weight)
 
 
-class PerSampleCrops(torch.utils.data.Dataset):
+class PerSampleCrops(_StoreRows):
     """Labeled crops with targets, one sample at a time (the classical pipeline)."""
-
-    def __init__(self, cfg: Config, store, rows):
-        self.cfg, self.store, self.rows = cfg, store, np.asarray(rows)
-        self.hw = tuple(cfg.data.input_size)
-
-    def __len__(self):
-        return len(self.rows)
 
     def __getitem__(self, i):
         a, d = self.cfg.augment, self.cfg.data

@@ -30,6 +30,7 @@ ones are recorded with their reason and skipped unless retried. Every run is a `
 subprocess, so one crash cannot take the grid down (collapse/executors.py); logs go to RESULTS/logs/.
 """
 import dataclasses
+import functools
 import itertools
 import os
 from dataclasses import dataclass
@@ -97,12 +98,13 @@ def expand(path, results, scale=None, overrides=()):
         warm = warm.get(scale or next(iter(scales))) or {}
         if not isinstance(warm, dict):
             raise GridError(f"{path}: warm_start of scale '{scale}' must be a mapping of config keys")
+    base_method = functools.lru_cache(maxsize=1)(lambda: config.load(base).method.name)  # read once, if asked
     runs, stages, seen = [], {}, set()
     for variant in variants:
         for combo in itertools.product(*axes.values()):
             shared = {**(scale_values or {}), **_mapping(raw, "fixed", path), **dict(zip(axes, combo))}
             try:
-                values = {**_read_by(shared, _method_name(base, overrides, {**shared, **variant})), **variant}
+                values = {**_read_by(shared, _method_name(base_method, overrides, {**shared, **variant})), **variant}
                 cfg = config.load(base, overrides, values=values)
                 if warm and "train.init_from" not in values:
                     nets = 1 if cfg.train.init_same else METHODS[cfg.method.name].nets
@@ -121,10 +123,10 @@ def expand(path, results, scale=None, overrides=()):
     return list(stages.values()) + runs
 
 
-def _method_name(base, overrides, values):
+def _method_name(base_method, overrides, values):
     """The method a run will use: the command line's, else the grid's values', else the base config's."""
     over = config.parse_overrides(overrides).get("method", {})
-    return over.get("name") or values.get("method.name") or config.load(base).method.name
+    return over.get("name") or values.get("method.name") or base_method()
 
 
 def _read_by(shared, name):

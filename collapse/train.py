@@ -28,8 +28,6 @@ class NonFiniteLoss(RunFailure):
     """The loss became NaN or infinite: the run fails, keeping its last good checkpoint."""
 
 
-
-
 def init_sources(text, n_nets):
     """train.init_from -> a checkpoint file per net: none (''), one source for every net, or one per net
     (comma-separated). A source is a finished run folder (its final checkpoint) or a checkpoint file."""
@@ -221,6 +219,7 @@ class Trainer:
         """The mean of each loss term since the last log line, and the learning rate; .item() synchronises
         with the device: only here, once per log interval."""
         means = {k: (v / self.loss_count).item() for k, v in self.loss_sums.items()}
+        self.timing["data"] += self.data_clock.read()  # here too, so a GPU's pending events stay few
         self.check_finite(means)
         self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}" if is_loss(k) else k, value=v)
                          for k, v in means.items()]

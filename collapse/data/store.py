@@ -79,20 +79,22 @@ def decode_images(paths, device="cpu"):
     """RGB uint8 (3,H,W) tensors of image files, on `device`. TorchCodec decodes the JPEGs in one batched
     call (nvJPEG on CUDA), other formats one by one; a file it cannot decode (a CMYK JPEG, say) goes to PIL;
     a file neither reads is a DataError naming it."""
-    encoded = []
+    raw = []
     for path in paths:
         try:
             with open(path, "rb") as f:
-                encoded.append(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8))
+                raw.append(f.read())
         except OSError as e:
             raise DataError(f"image {path} is missing or unreadable: {e.__class__.__name__}")
-    jpeg = [i for i, e in enumerate(encoded) if len(e) > 2 and e[0] == 0xFF and e[1] == 0xD8 and decode_jpeg]
+    encoded = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in raw]
+    jpeg = [i for i, r in enumerate(raw) if r[:2] == b"\xff\xd8"] if decode_jpeg is not None else []
     out = [None] * len(paths)
-    try:
-        for i, img in zip(jpeg, decode_jpeg([encoded[i] for i in jpeg], mode="RGB", device=device) if jpeg else []):
-            out[i] = img
-    except RuntimeError:  # one bad file fails the batch: decode one by one below
-        pass
+    if jpeg:
+        try:
+            for i, img in zip(jpeg, decode_jpeg([encoded[i] for i in jpeg], mode="RGB", device=device)):
+                out[i] = img
+        except RuntimeError:  # one bad file fails the batch: decode one by one below
+            pass
     for i, path in enumerate(paths):
         if out[i] is None:
             out[i] = _decode_one(path, encoded[i]).to(device)

@@ -1,7 +1,6 @@
 import math
 from dataclasses import dataclass
 
-
 from ..augment import inverse, joint_cutout, randaugment, swap_flipped, transform_points
 from ..config import ConfigError
 from ..data.skeleton import labeled
