@@ -106,25 +106,25 @@ def _mean_std(device):
 
 
 class ViewMaker:
-    """Draws per-sample view parameters with a seeded generator and builds the matrices."""
+    """Draws per-sample view parameters (collapse.draws.Draws) and builds the matrices."""
 
-    def __init__(self, aug, input_hw, generator):
-        self.aug, self.hw, self.gen = aug, tuple(input_hw), generator
+    def __init__(self, aug, input_hw, draws):
+        self.aug, self.hw, self.draws = aug, tuple(input_hw), draws
 
     def _rotation(self, n, factor, prob, device):
-        r = (torch.randn(n, generator=self.gen, device=self.gen.device) * factor).clamp(-2 * factor, 2 * factor)
-        keep = torch.rand(n, generator=self.gen, device=self.gen.device) < prob
+        r = (self.draws.normal(n) * factor).clamp(-2 * factor, 2 * factor)
+        keep = self.draws.uniform(n) < prob
         return torch.where(keep, r, torch.zeros_like(r)).to(device)
 
     def _scale(self, n, factor, device):
-        return (1 + torch.randn(n, generator=self.gen, device=self.gen.device) * factor).clamp(1 - factor, 1 + factor).to(device)
+        return (1 + self.draws.normal(n) * factor).clamp(1 - factor, 1 + factor).to(device)
 
     def easy(self, n, device):
         """(matrix in the input frame, flip mask): the paper's easy augmentation."""
         a = self.aug
         rot = self._rotation(n, a.rotation, a.rot_prob, device)
         scale = self._scale(n, a.scale, device)
-        flip = (torch.rand(n, generator=self.gen, device=self.gen.device) < a.flip).to(device)
+        flip = (self.draws.uniform(n) < a.flip).to(device)
         return about_centre(rot, scale, flip, self.hw), flip
 
     def extra(self, n, device):
@@ -145,7 +145,7 @@ def _grey(x):
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
 
 
-def randaugment(x, gen, n_ops=2, magnitude=20):
+def randaugment(x, draws, n_ops=2, magnitude=20):
     """RandAugment's photometric ops on float crops (B,3,H,W) in 0..255, batched on the device.
 
     Each sample draws `n_ops` ops (with replacement); every op is computed for the whole batch and kept
@@ -163,27 +163,29 @@ def randaugment(x, gen, n_ops=2, magnitude=20):
         lambda x: _blend(x, _grey(x).mean((1, 2, 3), keepdim=True).expand_as(x), sign),  # contrast
         lambda x: _blend(x, torch.zeros_like(x), sign),                           # brightness
         lambda x: _blend(x, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1), sign),  # sharpness
-        lambda x: cutout(x, (80 * v * x.shape[-1] / 192) * torch.ones(b, device=device), gen, (125.0, 123.0, 114.0)),
+        lambda x: cutout(x, (80 * v * x.shape[-1] / 192) * torch.ones(b, device=device), draws, (125.0, 123.0, 114.0)),
     ]
     for _ in range(n_ops):
-        choice = torch.randint(len(ops), (b,), generator=gen, device=gen.device).to(device)
-        sign = 1 + v * 0.9 * (2 * (torch.rand(b, generator=gen, device=gen.device) < 0.5).float() - 1).to(device)
+        every_choice = draws.integers(0, len(ops), b, whole=True)  # the global batch's (under DDP)
+        choice = draws.share(every_choice).to(device)
+        sign = 1 + v * 0.9 * (2 * (draws.uniform(b) < 0.5).float() - 1).to(device)
         out = x
         for k, op in enumerate(ops):
             pick = (choice == k).view(-1, 1, 1, 1)
-            # skipping an op no sample picked saves work on the CPU (and keeps its random stream as it was);
-            # on a GPU, asking would wait for the device, so every op runs
-            if x.device.type != "cpu" or pick.any():
+            # skipping an op no sample picked saves work on the CPU (and keeps its random stream as it was;
+            # asked of the global batch, so every DDP rank skips alike); on a GPU asking would wait for
+            # the device, so every op runs
+            if x.device.type != "cpu" or (every_choice == k).any():
                 out = torch.where(pick, op(x), out)
         x = out
     return x.clamp(0, 255)
 
 
-def cutout(x, size, gen, fill):
+def cutout(x, size, draws, fill):
     """One square of side `size` (B,) per sample at a random centre, filled with `fill`."""
     b, _, h, w = x.shape
-    cx = torch.rand(b, generator=gen, device=gen.device).to(x.device) * w
-    cy = torch.rand(b, generator=gen, device=gen.device).to(x.device) * h
+    cx = draws.uniform(b).to(x.device) * w
+    cy = draws.uniform(b).to(x.device) * h
     ys = torch.arange(h, device=x.device).view(1, h, 1) + 0.5
     xs = torch.arange(w, device=x.device).view(1, 1, w) + 0.5
     r = (size / 2).view(-1, 1, 1)
@@ -192,15 +194,15 @@ def cutout(x, size, gen, fill):
     return torch.where(box[:, None], colour, x)
 
 
-def joint_cutout(x, joints, count, gen):
+def joint_cutout(x, joints, count, draws):
     """Blank `count` rectangles per sample around joints (B,J,2, pixels of x's frame), at 0 (the mean
     colour of normalised input). Sizes and jitter follow the paper's code, scaled from 256-pixel crops."""
     b, _, h, w = x.shape
     k = h / 256
-    pick = torch.randint(joints.shape[1], (b, count), generator=gen, device=gen.device).to(x.device)
+    pick = draws.integers(0, joints.shape[1], b, count).to(x.device)
     centre = torch.gather(joints, 1, pick[..., None].expand(-1, -1, 2))
-    centre = centre + torch.randn(b, count, 2, generator=gen, device=gen.device).to(x.device) * 10 * k
-    half = torch.randint(10, 20, (b, count, 2), generator=gen, device=gen.device).to(x.device) * k
+    centre = centre + draws.normal(b, count, 2).to(x.device) * 10 * k
+    half = draws.integers(10, 20, b, count, 2).to(x.device) * k
     ys = torch.arange(h, device=x.device).view(1, 1, h, 1) + 0.5
     xs = torch.arange(w, device=x.device).view(1, 1, 1, w) + 0.5
     inside = ((xs - centre[..., 0, None, None]).abs() < half[..., 0, None, None]) & \
@@ -208,16 +210,16 @@ def joint_cutout(x, joints, count, gen):
     return x.masked_fill(inside.any(1, keepdim=True), 0.0)
 
 
-def strong_photometric(x, gen):
+def strong_photometric(x, draws):
     """ST/ST++'s strong augmentation of unlabeled crops (B,3,H,W) in 0..255, batched on the device:
     colour jitter (brightness, contrast, saturation factors in [0.5, 1.5]) with p 0.8, grayscale p 0.2,
     Gaussian blur (sigma ~ U(0.1, 2) at 256-pixel height, scaled to the crop) p 0.5, and cutout p 0.5
     (area 2-40%, aspect 0.3-3.3, random noise fill). Hue jitter is left out (no cheap batched form)."""
     b, _, h, w = x.shape
     dev = x.device
-    u = lambda *shape: torch.rand(*shape, generator=gen, device=gen.device).to(dev)
+    u = lambda *shape, dim=0: draws.uniform(*shape, dim=dim).to(dev)
     jitter = (u(b) < 0.8).view(-1, 1, 1, 1)
-    f = 0.5 + u(3, b)
+    f = 0.5 + u(3, b, dim=1)
     j = _blend(x, torch.zeros_like(x), f[0])                                       # brightness
     j = _blend(j, _grey(j).mean((1, 2, 3), keepdim=True).expand_as(j), f[1])      # contrast
     j = _blend(j, _grey(j), f[2])                                                  # saturation
@@ -242,5 +244,5 @@ def strong_photometric(x, gen):
     xs = torch.arange(w, device=dev).view(1, 1, w) + 0.5
     box = ((ys - cy.view(-1, 1, 1)).abs() < bh.view(-1, 1, 1) / 2) & ((xs - cx.view(-1, 1, 1)).abs() < bw.view(-1, 1, 1) / 2)
     box = box & (u(b) < 0.5).view(-1, 1, 1)
-    noise = torch.rand(b, 3, h, w, generator=gen, device=gen.device).to(dev) * 255
+    noise = u(b, 3, h, w) * 255
     return torch.where(box[:, None], noise, x).clamp(0, 255)

@@ -18,6 +18,7 @@ from .data.skeleton import NUM_JOINTS
 from .data.store import Pool
 from .errors import RunFailure
 from .device import Stopwatch, resolve_device, use_bf16
+from .draws import Draws
 from .evaluate import evaluate
 from .methods import Context, build_method, is_loss
 from .models import Average, build_model
@@ -77,10 +78,10 @@ class Trainer:
         lab, unl = split_rows(cfg, len(train_store), len(pool_store) if cfg.data.unlabeled_split else None)
         # every random draw of a step comes from this generator, on the run's device: no host-to-device
         # copies; on the CPU the same stream as ever (its state rides in the checkpoint: resume is exact)
-        self.gen = torch.Generator(device=self.device).manual_seed(t.seed)
+        self.draws = Draws.seeded(t.seed, self.device)
         # the unlabeled pool exists for every method: supervised runs are probed on it too
         self.batches = Batches(cfg, Pool(train_store, lab, self.device),
-                               Pool(pool_store, unl, self.device) if len(unl) else None, self.device, self.gen)
+                               Pool(pool_store, unl, self.device) if len(unl) else None, self.device, self.draws)
         if self.method.uses_unlabeled and self.batches.unlabeled_pool is None:
             raise DataError("this method needs unlabeled data but data.labeled leaves none")
         self.val = val_set(cfg, val_store, self.device)
@@ -122,7 +123,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def state(self):
         return dict(step=self.step, nets=[n.state_dict() for n in self.nets], opt=self.opt.state_dict(),
-                    sched=self.sched.state_dict(), gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
+                    sched=self.sched.state_dict(), gen=self.draws.get_state(), torch_rng=torch.get_rng_state(),
                     teachers=[t.state_dict() for t in self.ctx.teachers],
                     metrics=self.metrics, probes=self.probes, timing=self.timing,
                     loss_sums=self.loss_sums, loss_count=self.loss_count,
@@ -135,7 +136,7 @@ class Trainer:
             n.load_state_dict(sd)
         self.opt.load_state_dict(s["opt"])
         self.sched.load_state_dict(s["sched"])
-        self.gen.set_state(s["gen"].cpu())  # generator states are CPU tensors (map_location moved them)
+        self.draws.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"].cpu())
         for t, sd in zip(self.ctx.teachers, s["teachers"]):
             t.load_state_dict(sd)

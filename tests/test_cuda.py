@@ -57,7 +57,7 @@ def test_the_profiler_counts_no_synchronising_call_in_a_step(synth_root, tmp_pat
 
 def test_the_fast_paths_are_on(synth_root, tmp_path):
     tr = _trainer(synth_root, tmp_path, "dual")
-    assert tr.bf16 and tr.batches.labeled_pool.resident and tr.gen.device.type == "cuda"
+    assert tr.bf16 and tr.batches.labeled_pool.resident and tr.draws.device.type == "cuda"
     assert all(p.is_contiguous(memory_format=torch.channels_last) for n in tr.nets for p in n.parameters() if p.dim() == 4)
     assert tr.opt.defaults.get("fused") is True
     assert tr.data_clock.how == "cuda events"

@@ -3,10 +3,11 @@ import numpy as np
 import torch
 
 from collapse.augment import swap_flipped, warp
+from collapse.config import ModelConfig
+from collapse.draws import Draws
 from collapse.evaluate import flipped_view, heatmaps
 from collapse.heatmaps import decode, decode_dark, gaussian_targets
 from collapse.models import build_model
-from collapse.config import ModelConfig
 
 
 def test_dark_beats_argmax_on_subpixel_targets():
@@ -77,7 +78,7 @@ def test_the_transforms_v2_peer_is_correct_per_sample(synth_root):
     pool = Pool(store, rows, torch.device("cpu"))
     ds = TransformsV2Crops(cfg, store, rows)
     x, target, weight = (torch.stack(t) for t in zip(*(ds[i] for i in range(len(rows)))))
-    batches = Batches(cfg, pool, None, torch.device("cpu"), torch.Generator())
+    batches = Batches(cfg, pool, None, torch.device("cpu"), Draws(torch.Generator()))
     n, flip = len(rows), torch.ones(len(rows), dtype=torch.bool)
     A = about_centre(torch.zeros(n), torch.ones(n), flip, batches.input_hw) @ store_to_input(
         n, store.store_hw, batches.input_hw, torch.device("cpu"))

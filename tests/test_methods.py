@@ -6,6 +6,7 @@ import torch
 from collapse import config
 from collapse.data.batches import Batches
 from collapse.data.store import Pool, build
+from collapse.draws import Draws
 from collapse.methods import Context, build_method, is_loss
 from collapse.models import build_model
 
@@ -17,7 +18,7 @@ def _setup(synth_root, **method):
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     dev = torch.device("cpu")
-    batches = Batches(cfg, Pool(store, np.arange(20), dev), Pool(store, np.arange(20, len(store)), dev), dev, gen)
+    batches = Batches(cfg, Pool(store, np.arange(20), dev), Pool(store, np.arange(20, len(store)), dev), dev, Draws(gen))
     m = build_method(cfg.method)
     nets = [build_model(cfg.model, 17, cfg.data.heatmap_stride) for _ in range(m.nets)]
     for n in nets:  # make predictions non-trivial so targets are not all zero

@@ -4,6 +4,7 @@ import torch
 from collapse.augment import ViewMaker, about_centre, swap_flipped, transform_points, warp
 from collapse.config import AugmentConfig
 from collapse.data.skeleton import FLIP_INDEX
+from collapse.draws import Draws
 from collapse.heatmaps import decode, gaussian_targets
 
 HW, STRIDE, SIGMA = (64, 48), 2, 1.5
@@ -23,7 +24,7 @@ def _argmax_xy(h):
 def _random_views(seed, n=64):
     """Joints, unit weights, an easy view (with its flips) and an extra affine, all rotations on."""
     gen = torch.Generator().manual_seed(seed)
-    vm = ViewMaker(AugmentConfig(rot_prob=1.0, flip=0.5, hard_rot_prob=1.0), HW, gen)
+    vm = ViewMaker(AugmentConfig(rot_prob=1.0, flip=0.5, hard_rot_prob=1.0), HW, Draws(gen))
     pts = _points(n, gen)
     E, flip = vm.easy(n, "cpu")
     return pts, torch.ones(n, 17), E, flip, vm.extra(n, "cpu")
@@ -106,7 +107,7 @@ def test_joint_cutout_blanks_patches_at_the_joints_only():
     gen = torch.Generator().manual_seed(0)
     x = torch.ones(4, 3, 256, 192)
     joints = torch.tensor([60.0, 80.0]).expand(4, 17, 2).clone()
-    out = joint_cutout(x, joints, 5, gen)
+    out = joint_cutout(x, joints, 5, Draws(gen))
     assert (out[:, :, 80, 60] == 0).float().mean() > 0.5  # jitter may move a patch off the joint, rarely
     assert (out[:, :, 250, 190] == 1).all() and out.shape == x.shape
     blanked = (out[:, 0] == 0).float().mean((1, 2))
@@ -117,7 +118,7 @@ def test_randaugment_is_photometric_and_in_range():
     from collapse.augment import randaugment
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(32, 3, 64, 48) * 255
-    y = randaugment(x, gen, 2, 20)
+    y = randaugment(x, Draws(gen), 2, 20)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255
     changed = (y - x).abs().mean((1, 2, 3)) > 1
     assert changed.float().mean() > 0.7

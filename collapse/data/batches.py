@@ -22,17 +22,17 @@ FIELD_MIN = 0.99  # a carried heatmap pixel is inside the teacher's field when a
 
 
 class Batches:
-    def __init__(self, cfg, labeled, unlabeled, device, generator):
+    def __init__(self, cfg, labeled, unlabeled, device, draws):
         self.cfg, self.labeled_pool, self.unlabeled_pool = cfg, labeled, unlabeled
-        self.device, self.gen = device, generator
+        self.device, self.draws = device, draws  # collapse.draws.Draws: every random number of a step
         self.input_hw = tuple(cfg.data.input_size)
         self.stride = cfg.data.heatmap_stride
         self.heatmap_hw = (self.input_hw[0] // self.stride, self.input_hw[1] // self.stride)
-        self.views = ViewMaker(cfg.augment, self.input_hw, generator)
-        self.unlabeled_subset = None  # pool rows to sample unlabeled crops from (None: all), on the generator's device; set by staged methods
+        self.views = ViewMaker(cfg.augment, self.input_hw, draws)
+        self.unlabeled_subset = None  # pool rows to sample unlabeled crops from (None: all), on the draws' device; set by staged methods
 
     def _indices(self, pool, n):
-        return torch.randint(len(pool), (n,), generator=self.gen, device=self.gen.device)
+        return self.draws.integers(0, len(pool), n)
 
     def base(self, n, pool):
         return store_to_input(n, pool.store.store_hw, self.input_hw, self.device)
@@ -61,7 +61,7 @@ class Batches:
         if self.unlabeled_subset is None:
             idx = self._indices(self.unlabeled_pool, n)
         else:
-            idx = self.unlabeled_subset[torch.randint(len(self.unlabeled_subset), (n,), generator=self.gen, device=self.gen.device)]
+            idx = self.unlabeled_subset[self.draws.integers(0, len(self.unlabeled_subset), n)]
         crops, kps = self.unlabeled_pool.fetch(idx)
         E, flip = self.views.easy(n, self.device)
         return dict(crops=crops.permute(0, 3, 1, 2).float(), base=self.base(n, self.unlabeled_pool),

@@ -141,7 +141,7 @@ class Method:
     def student_view(self, ctx, unl, kind, extra=None):
         ra = None
         if self.cfg.randaugment:
-            ra = lambda c: randaugment(c, ctx.batches.gen, self.cfg.ra_ops, self.cfg.ra_magnitude)
+            ra = lambda c: randaugment(c, ctx.batches.draws, self.cfg.ra_ops, self.cfg.ra_magnitude)
         return ctx.batches.view(unl, kind, ra, extra)
 
     def cut(self, ctx, x, teacher_heat, tv, sv):
@@ -150,7 +150,7 @@ class Method:
             return x
         xy, _ = decode(teacher_heat.detach().float())
         pts = transform_points(sv.A @ inverse(tv.A), xy * ctx.batches.stride)
-        return joint_cutout(x, swap_flipped(pts, tv.flip != sv.flip), self.cfg.joint_cutout, ctx.batches.gen)
+        return joint_cutout(x, swap_flipped(pts, tv.flip != sv.flip), self.cfg.joint_cutout, ctx.batches.draws)
 
     @staticmethod
     def target(ctx, teacher_heat, tv, sv):

@@ -23,11 +23,11 @@ class GuidedMixSettings(ViewSettings):
         one_of("mix_direction", self.mix_direction, ("clean_teaches_mixed", "mixed_teaches_clean"))
 
 
-def pair_labeled(lab_x, unl_x, how, gen):
+def pair_labeled(lab_x, unl_x, how, draws):
     """For each unlabeled crop, the index of a labeled crop: random, or the nearest by pooled
     appearance (cosine similarity of 4x3-pooled pixels, a cheap stand-in for pooled features)."""
     if how == "random":
-        return torch.randint(len(lab_x), (len(unl_x),), generator=gen, device=gen.device).to(unl_x.device)
+        return draws.integers(0, len(lab_x), len(unl_x)).to(unl_x.device)
     feat = lambda x: F.normalize(F.adaptive_avg_pool2d(x, (4, 3)).flatten(1), dim=1)
     return (feat(unl_x) @ feat(lab_x).T).argmax(1)
 
@@ -58,10 +58,10 @@ class GuidedMix(Method):
         terms = super().losses(ctx, lab, None)
         if unl is None:
             return terms
-        gen = ctx.batches.gen
         xu = self.student_view(ctx, unl, "easy").image
-        pair = pair_labeled(lab["x"], xu, self.cfg.mix_pairing, gen)
-        lam = torch.rand(len(xu), generator=gen, device=gen.device).to(xu.device) * self.cfg.mix_max
+        draws = ctx.batches.draws
+        pair = pair_labeled(lab["x"], xu, self.cfg.mix_pairing, draws)
+        lam = draws.uniform(len(xu)).to(xu.device) * self.cfg.mix_max
         mixed = lam.view(-1, 1, 1, 1) * lab["x"][pair] + (1 - lam.view(-1, 1, 1, 1)) * xu
         g_l = lab["target"][pair]
         if self.cfg.mix_direction == "clean_teaches_mixed":

@@ -190,7 +190,7 @@ class SelfTraining(PseudoLabelBase):
         self.second = self.boundary + max(1, (ctx.steps - self.boundary) // 2)
 
     def photometric(self, ctx):
-        return lambda crops: strong_photometric(crops, ctx.batches.gen)
+        return lambda crops: strong_photometric(crops, ctx.batches.draws)
 
     def after_step(self, ctx):
         done = ctx.step + 1
@@ -225,7 +225,7 @@ class SelfTraining(PseudoLabelBase):
         scores = scores / max(len(self.snapshots), 1)
         order = torch.argsort(scores, descending=True, stable=True)
         chosen = order[: max(1, int(round(self.cfg.select_ratio * len(pool))))]
-        batches.unlabeled_subset = chosen.to(batches.gen.device)  # where the indices are drawn: no copy per step
+        batches.unlabeled_subset = chosen.to(batches.draws.device)  # where the indices are drawn: no copy per step
         self.snapshots = []  # no longer needed; keeps checkpoints small
         ctx.save_artifact("reliability.npz", score=scores.cpu().numpy(), selected=chosen.cpu().numpy(),
                    pool_rows=pool.rows)
