@@ -48,18 +48,28 @@ def _print_final(manifest):
 
 
 def cmd_train(args):
+    from . import distributed
+    from .runs import RunDir
     from .train import train
-    cfg = config.load(args.config, args.overrides)
+    cfg = config.load(args.config, args.overrides)  # checked here, before any process starts
     out = args.out or _default_out(cfg)
-    manifest = train(cfg, out, progress=not args.quiet)
-    print(f"run {manifest['run_id']} {manifest['status']}: {out}")
-    _print_final(manifest)
+    distributed.local_batches(cfg.train, args.nproc)  # the global batch divides among the processes
+    if args.nproc > 1:
+        distributed.launch(args.nproc, train, cfg, out, not args.quiet)
+        manifest = RunDir(out).manifest()
+    else:
+        manifest = train(cfg, out, progress=not args.quiet)
+    if distributed.from_env().main:  # under torchrun, rank 0 speaks for the run
+        print(f"run {manifest['run_id']} {manifest['status']}: {out}")
+        _print_final(manifest)
 
 
 def cmd_grid(args):
     from .grid import run_grid
+    if args.gpus_per_run < 1:
+        raise ConfigError(f"--gpus-per-run must be at least 1, got {args.gpus_per_run}")
     states = run_grid(args.grid, args.out, args.executor, args.scale, args.dry_run, args.retry_failed, args.jobs,
-                      args.threads, args.address, args.cpus, args.gpus)
+                      args.threads, args.address, args.cpus, args.gpus, gpus_per_run=args.gpus_per_run)
     if not args.dry_run and any(s == "failed" for s in states.values()):
         print(f"failed runs keep their reason in their manifest.json; logs in {os.path.join(args.out, 'logs')}")
 
@@ -108,6 +118,9 @@ def parser():
     tr.add_argument("config", help="YAML config (may extend configs/base.yaml)")
     tr.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     tr.add_argument("--out", help="run folder (default results/<method>-<run id>)")
+    tr.add_argument("--nproc", type=int, default=1, help="processes for one run (DDP; a GPU each, or gloo on "
+                    "the CPU); train.batch_* are the global batch. torchrun --nproc-per-node N -m collapse train ... "
+                    "works too")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 
@@ -125,7 +138,9 @@ def parser():
     gr.add_argument("--threads", type=int, help="local on CPU: threads per run (default cores / jobs)")
     gr.add_argument("--address", help="ray: cluster address (default: start a local Ray)")
     gr.add_argument("--cpus", type=int, default=1, help="ray: CPUs per run (default 1)")
-    gr.add_argument("--gpus", type=float, default=0, help="ray: GPUs per run (default 0)")
+    gr.add_argument("--gpus", type=float, default=0, help="ray: GPUs per run (default 0; 2 or more: a DDP run over them)")
+    gr.add_argument("--gpus-per-run", type=int, default=1, help="local with GPUs: GPUs per run, one DDP run over "
+                    "each group (default 1)")
     gr.set_defaults(func=cmd_grid)
 
     be = sub.add_parser("bench", help="training speed; the batched data path vs per-sample pipelines; image decoding",
@@ -152,7 +167,7 @@ def parser():
 
 def main(argv=None):
     if os.environ.get("COLLAPSE_DIE_WITH_PARENT") == "1":  # a grid's training subprocess
-        from .executors import die_with_parent
+        from .distributed import die_with_parent
         die_with_parent()
     args = parser().parse_args(argv)
     try:

@@ -52,6 +52,7 @@ class ModelConfig:
     width: int = 32                  # tiny net base channels
     pretrained: str = ""             # resnet: a torchvision weights name (IMAGENET1K_V1), file or URL; hrnet: the
                                      # official checkpoint's file or URL ('' = random init)
+    sync_bn: bool = False            # multi-process runs: BatchNorm statistics of the global batch, not each rank's
 
 
 @dataclass

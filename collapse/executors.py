@@ -1,10 +1,8 @@
 """Executing a grid's runs: each run a `collapse train` subprocess (one crash cannot take a grid down),
 claimed by one process at a time (a claim file), on local processes (one per GPU, or several on CPU) or
 as Ray tasks across machines."""
-import ctypes
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -44,22 +42,13 @@ def _last_line(log_path):
     return (errors or lines or ["no output"])[-1][:500]
 
 
-def die_with_parent():
-    """Linux: the training subprocess is killed with its grid process, so a claim that turns stale (its
-    grid process gone) never hides a trainer still writing the run folder. Called by the subprocess
-    itself (COLLAPSE_DIE_WITH_PARENT=1): a preexec_fn is not safe with the executor's threads."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def execute(spec, folder, log_path, device_overrides, env=None):
-    """Run one grid run as a `collapse train` subprocess; returns (status, reason). A run that fails
-    gets status failed and the reason (its error line) in its manifest."""
+def execute(spec, folder, log_path, device_overrides, env=None, options=()):
+    """Run one grid run as a `collapse train` subprocess (options: its command-line options, --nproc);
+    returns (status, reason). A run that fails gets status failed and the reason (its error line) in its
+    manifest."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     args = [sys.executable, "-m", "collapse", "train", spec, *device_overrides, "train.progress=false",
-            "--out", folder, "--quiet"]
+            *options, "--out", folder, "--quiet"]
     with open(log_path, "a") as log:
         env = {**(env or os.environ), "COLLAPSE_DIE_WITH_PARENT": "1"}
         rc = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -159,9 +148,20 @@ def visible_gpus():
     return ids[:n]
 
 
-def run_local(runs, results, jobs=None, threads=None):
-    """Run the pending runs in subprocesses: one per visible GPU, or `jobs` at once on CPU (default 1)
-    with `threads` CPU threads each (default: the cores divided among the jobs)."""
+def gpu_slots(gpus, per_run):
+    """The visible GPUs dealt out `per_run` to a run: each slot a CUDA_VISIBLE_DEVICES and, for several,
+    a DDP run over them (--nproc). GPUs left over by the division stay idle."""
+    if per_run < 1 or per_run > len(gpus):
+        raise GridError(f"--gpus-per-run {per_run} does not fit the {len(gpus)} visible GPU(s)")
+    groups = [gpus[i:i + per_run] for i in range(0, len(gpus) - per_run + 1, per_run)]
+    return [dict(env={**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(g)}, args=["train.device=cuda"],
+                 options=["--nproc", str(per_run)] if per_run > 1 else []) for g in groups]
+
+
+def run_local(runs, results, jobs=None, threads=None, gpus_per_run=1):
+    """Run the pending runs in subprocesses: one per visible GPU (or per `gpus_per_run` of them, one DDP
+    run across each group), or `jobs` at once on CPU (default 1) with `threads` CPU threads each (default:
+    the cores divided among the jobs)."""
     for cfg in {(r.cfg.data.root, r.cfg.data.train_split, tuple(r.cfg.data.input_size)): r.cfg for r in runs}.values():
         try:
             ensure_data(cfg)  # once here, not by every parallel run at the same time
@@ -169,11 +169,13 @@ def run_local(runs, results, jobs=None, threads=None):
             pass  # the runs themselves will fail with the reason
     gpus = visible_gpus()
     if gpus:
-        slots = [dict(env={**os.environ, "CUDA_VISIBLE_DEVICES": g}, args=["train.device=cuda:0"]) for g in gpus]
+        slots = gpu_slots(gpus, gpus_per_run)
+    elif gpus_per_run > 1:
+        raise GridError(f"--gpus-per-run {gpus_per_run}: this machine has no visible GPU")
     else:
         jobs = max(1, jobs or 1)
         per = threads or max(1, (os.cpu_count() or 1) // jobs)
-        slots = [dict(env=None, args=["train.device=cpu", f"train.threads={per}"]) for _ in range(jobs)]
+        slots = [dict(env=None, args=["train.device=cpu", f"train.threads={per}"], options=[]) for _ in range(jobs)]
     free = queue.Queue()
     for s in slots:
         free.put(s)
@@ -184,7 +186,7 @@ def run_local(runs, results, jobs=None, threads=None):
             t0 = time.time()
             status, reason = _claimed_run(run, lambda: execute(
                 _spec_file(results, run), run.folder, os.path.join(results, "logs", run.name + ".log"),
-                slot["args"], slot["env"]))
+                slot["args"], slot["env"], slot["options"]))
             return run, status, reason, time.time() - t0
         finally:
             free.put(slot)
@@ -221,19 +223,20 @@ def run_ray(runs, results, address=None, cpus=1, gpus=0):
             raise GridError(f"cannot reach a Ray cluster at {address or 'local'}: {str(e).splitlines()[0]}")
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus)
-    def task(spec, folder, log_path, device_overrides):
+    def task(spec, folder, log_path, device_overrides, options):
         t0 = time.time()
-        status, reason = execute(spec, folder, log_path, device_overrides)
+        status, reason = execute(spec, folder, log_path, device_overrides, options=options)
         return status, reason, time.time() - t0
 
-    device = ["train.device=cuda:0"] if gpus else ["train.device=cpu", f"train.threads={cpus}"]
+    device = ["train.device=cuda"] if gpus else ["train.device=cpu", f"train.threads={cpus}"]
+    options = ["--nproc", str(int(gpus))] if gpus >= 2 else []  # whole GPUs beyond one: a DDP run over them
     pending = {}
     for r in runs:  # claimed by this driver process while its task runs anywhere in the cluster
         if not claim(r.folder):
             yield r, "claimed", "running in another process", 0.0
             continue
         pending[task.remote(_spec_file(results, r), os.path.abspath(r.folder),
-                            os.path.abspath(os.path.join(results, "logs", r.name + ".log")), device)] = r
+                            os.path.abspath(os.path.join(results, "logs", r.name + ".log")), device, options)] = r
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -160,7 +160,8 @@ def _final(run):
 
 
 def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_failed=False, jobs=None,
-             threads=None, address=None, cpus=1, gpus=0, overrides=(), order=None, echo=print):
+             threads=None, address=None, cpus=1, gpus=0, overrides=(), order=None, echo=print,
+             gpus_per_run=1):
     """Expand, skip what is finished, run the rest; prints a line per run and a summary. Returns
     {run name: status} for every run of the grid. order: optional sort key for the pending runs."""
     runs = expand(path, results, scale, overrides)
@@ -186,7 +187,7 @@ def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_f
     k = 0
     for phase in ([r for r in todo if r.stage], [r for r in todo if not r.stage]):  # stages first
         stream = (run_ray(phase, results, address, cpus, gpus) if executor == "ray"
-                  else run_local(phase, results, jobs, threads))
+                  else run_local(phase, results, jobs, threads, gpus_per_run))
         for k, (run, status, reason, seconds) in enumerate(stream, k + 1):
             states[run.name] = status
             detail = _final(run) if status in FINISHED else f"({reason})"

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import runs
+from . import distributed, runs
 from .board import Board
 from .config import Config, ConfigError
 from .data.batches import Batches
@@ -60,12 +60,23 @@ def load_net(net, path, device):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out, progress=True):
-        self.cfg, self.progress = cfg, progress and cfg.train.progress
+    """One run, in this process or as one rank of several (DDP: collapse/distributed.py). Every rank draws
+    the global batch's random numbers and trains on its share; gradients are averaged, BatchNorm statistics
+    made equal after each step; rank 0 alone evaluates, probes and writes the run folder."""
+
+    def __init__(self, cfg: Config, out, progress=True, world=None):
+        self.world = world or distributed.from_env()
+        self.cfg, self.progress = cfg, progress and cfg.train.progress and self.world.main
         t = cfg.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
+        self.local_batches = distributed.local_batches(t, self.world.size)
+        if self.world.size > 1:
+            if self.device.type == "cuda":  # a GPU per process
+                self.device = torch.device("cuda", self.world.local_rank)
+                torch.cuda.set_device(self.device)
+            distributed.join(self.world, self.device)
         self.method = build_method(cfg.method)
         self.bf16 = use_bf16(t.precision, self.device)  # losses stay float32: predictions are cast up
         torch.manual_seed(t.seed)
@@ -73,12 +84,14 @@ class Trainer:
         # built before any data work, so a bad model name costs nothing
         self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(
             self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
+        if cfg.model.sync_bn and self.world.size > 1:
+            self.nets = [distributed.sync_batchnorm(n, self.device) for n in self.nets]
         train_store, val_store, *pool_store = ensure_data(cfg, self.progress)
         pool_store = pool_store[0] if pool_store else train_store
         lab, unl = split_rows(cfg, len(train_store), len(pool_store) if cfg.data.unlabeled_split else None)
         # every random draw of a step comes from this generator, on the run's device: no host-to-device
         # copies; on the CPU the same stream as ever (its state rides in the checkpoint: resume is exact)
-        self.draws = Draws.seeded(t.seed, self.device)
+        self.draws = Draws.seeded(t.seed, self.device, self.world.rank, self.world.size)
         # the unlabeled pool exists for every method: supervised runs are probed on it too
         self.batches = Batches(cfg, Pool(train_store, lab, self.device),
                                Pool(pool_store, unl, self.device) if len(unl) else None, self.device, self.draws)
@@ -94,8 +107,13 @@ class Trainer:
         params = [p for n in self.nets for p in n.parameters()]
         self.opt = torch.optim.Adam(params, lr=t.lr, fused=self.device.type == "cuda")
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
-        self.ctx = Context(self.nets, self.batches, steps=t.steps, compile=t.compile, compile_mode=t.compile_mode,
-                           on_artifact=self.save_artifact, on_restart=self.reset_net)
+        # DDP wraps the passes that train a net (gradients averaged over ranks); the nets themselves stay
+        # plain modules for teachers, checkpoints and evaluation. Buffers are made equal after each step
+        # (distributed.same_buffers) rather than broadcast before each of a step's several passes.
+        trained = None if self.world.size == 1 else [torch.nn.parallel.DistributedDataParallel(
+            n, broadcast_buffers=False) for n in self.nets]
+        self.ctx = Context(self.nets, self.batches, trained=trained, steps=t.steps, compile=t.compile,
+                           compile_mode=t.compile_mode, on_artifact=self.save_artifact, on_restart=self.reset_net)
         self.method.setup(self.ctx)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
         self.prober = Prober(self.batches, {"unlabeled": self.batches.unlabeled_pool, "val": self.val.pool},
@@ -108,6 +126,8 @@ class Trainer:
         self.data_clock = Stopwatch(self.device)  # the data path's share of a step, honestly timed on a GPU
 
     def save_artifact(self, name, arrays):
+        if not self.world.main:
+            return
         runs.atomic_write_bytes_from(self.run.file(name), lambda f: np.savez(f, **arrays))
 
     def reset_net(self, i):
@@ -180,11 +200,13 @@ class Trainer:
         if os.path.exists(self.run.file("checkpoint.pt")):
             self.load_state(torch.load(self.run.file("checkpoint.pt"), map_location=self.device, weights_only=False))
         resolved = cfg.to_dict()
-        self.run.write_config(resolved)
-        self.run.update_manifest(status="running", run_id=runs.run_id(resolved), method=cfg.method.name,
-                                 device=str(self.device), versions=runs.versions(), started=time.time())
+        if self.world.main:
+            self.run.write_config(resolved)
+            self.run.update_manifest(status="running", run_id=runs.run_id(resolved), method=cfg.method.name,
+                                     device=str(self.device), world_size=self.world.size, versions=runs.versions(),
+                                     started=time.time())
         self.t_start = time.perf_counter() - self.timing["total"]
-        if cfg.train.tensorboard:
+        if cfg.train.tensorboard and self.world.main:
             self.board = Board(self.run.file("tensorboard"), self.step)
         if self.step == 0 and cfg.train.probe_every:
             self.probe()
@@ -193,10 +215,11 @@ class Trainer:
 
     def train_step(self):
         """One optimisation step; returns its loss terms (tensors on the device, never synchronised here)."""
-        t, m = self.cfg.train, self.method
+        m = self.method
+        n_lab, n_unl = self.local_batches
         self.data_clock.start()
-        lab = self.batches.labeled(t.batch_labeled)
-        unl = self.batches.unlabeled(t.batch_unlabeled) if m.uses_unlabeled else None
+        lab = self.batches.labeled(n_lab)
+        unl = self.batches.unlabeled(n_unl) if m.uses_unlabeled else None
         self.data_clock.stop()
         self.ctx.step = self.step
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
@@ -206,6 +229,8 @@ class Trainer:
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.world.size > 1:
+            distributed.same_buffers(self.nets)
         m.after_step(self.ctx)
         self.step += 1
         return {k: v.detach() for k, v in terms.items()}
@@ -219,7 +244,7 @@ class Trainer:
     def log(self, bar):
         """The mean of each loss term since the last log line, and the learning rate; .item() synchronises
         with the device: only here, once per log interval."""
-        means = {k: (v / self.loss_count).item() for k, v in self.loss_sums.items()}
+        means = self.loss_means()
         self.timing["data"] += self.data_clock.read()  # here too, so a GPU's pending events stay few
         self.check_finite(means)
         self.metrics += [dict(step=self.step, split="train", name=f"loss/{k}" if is_loss(k) else k, value=v)
@@ -230,7 +255,17 @@ class Trainer:
                         AP=f"{self.latest.get('AP', float('nan')):.3f}")
         self.loss_sums, self.loss_count = None, 0
 
+    def loss_means(self):
+        """The mean of each loss term since the last log line, over the global batch; .item() waits for
+        the device: called once per log interval (and at saves) only."""
+        means = {k: v / max(self.loss_count, 1) for k, v in self.loss_sums.items()}
+        if self.world.size > 1:
+            means = distributed.mean_over_ranks(means)
+        return {k: float(v) for k, v in means.items()}
+
     def evaluate(self):
+        if not self.world.main:  # evaluation is rank 0's: the nets are the same on every rank
+            return
         t0 = time.perf_counter()
         rows = []
         named = [("", self.nets[0])] if len(self.nets) == 1 else \
@@ -246,20 +281,28 @@ class Trainer:
 
     def probe(self):
         """Record the response probes; with train.stop_on_collapse, the step the run collapsed at (else None)."""
-        t0 = time.perf_counter()
-        self.probes += self.prober(self.step, self.nets, self.ctx.teachers)
-        self.timing["probe"] += time.perf_counter() - t0
-        if self.board:
-            self.board.probe(self.step, self.probes, self.prober.histograms, len(self.nets))
         t = self.cfg.train
-        return collapse_step(*unlabeled_response(self.probes), ratio=t.collapse_ratio) if t.stop_on_collapse else None
+        collapsed = None
+        if self.world.main:  # probed on rank 0; its verdict is every rank's
+            t0 = time.perf_counter()
+            self.probes += self.prober(self.step, self.nets, self.ctx.teachers)
+            self.timing["probe"] += time.perf_counter() - t0
+            if self.board:
+                self.board.probe(self.step, self.probes, self.prober.histograms, len(self.nets))
+            if t.stop_on_collapse:
+                collapsed = collapse_step(*unlabeled_response(self.probes), ratio=t.collapse_ratio)
+        if t.stop_on_collapse and self.world.size > 1:
+            collapsed = distributed.from_main(collapsed, self.device)
+        return collapsed
 
     def save(self):
         """metrics, probes and the checkpoint, each written atomically; never a checkpoint of a diverged net."""
         self.timing["total"] = time.perf_counter() - self.t_start
         self.timing["data"] += self.data_clock.read()
         if self.loss_sums is not None:
-            self.check_finite({k: (v / max(self.loss_count, 1)).item() for k, v in self.loss_sums.items()})
+            self.check_finite(self.loss_means())
+        if not self.world.main:
+            return
         runs.atomic_write_parquet(self.run.file("metrics.parquet"), pd.DataFrame(
             self.metrics, columns=["step", "split", "name", "value"]))
         runs.atomic_write_parquet(self.run.file("probes.parquet"), pd.DataFrame(self.probes, columns=PROBE_COLUMNS))
@@ -287,6 +330,8 @@ class Trainer:
         self.save()
         if self.board:
             self.board.close()
+        if not self.world.main:
+            return {}
         final = {r["name"]: r["value"] for r in self.metrics if r["split"] == "val" and r["step"] == self.step}
         train_time = self.timing["total"] - self.timing["eval"] - self.timing["probe"]
         end = dict(status="done")
@@ -313,6 +358,8 @@ def train(cfg: Config, out, progress=True):
         return Trainer(cfg, out, progress).fit()
     except Exception as e:
         run = runs.RunDir(out)
-        if os.path.exists(run.file("manifest.json")):  # a run that had started: say why it ended
+        if distributed.from_env().main and os.path.exists(run.file("manifest.json")):  # a started run: say why it ended
             run.update_manifest(status="failed", reason=f"{type(e).__name__}: {e}"[:500])
         raise
+    finally:
+        distributed.leave()

@@ -11,6 +11,7 @@ class Context:
     nets: list                       # the trained networks (each gets the supervised loss)
     batches: object                  # collapse.data.batches.Batches (views, targets, transport)
     teachers: list = None            # what teaches each net (default: the net itself; an EMA copy for mean_teacher)
+    trained: list = None             # what a net's own passes run through: its DDP wrapper in a multi-process run
     step: int = 0
     steps: int = 0                   # the run's length (staged recipes place their stages by it)
     compile: bool = False            # train.compile: passes go through torch.compile'd callables ...
@@ -22,11 +23,13 @@ class Context:
     def __post_init__(self):
         if self.teachers is None:
             self.teachers = list(self.nets)
+        if self.trained is None:
+            self.trained = list(self.nets)
 
     def forward(self, x, net=0, teacher=False):
         """Net `net`'s prediction of x (its teacher's with teacher=True), in float32 for the losses. Every pass
         a method makes goes through here, so compiling (train.compile) covers all of them."""
-        module = (self.teachers if teacher else self.nets)[net]
+        module = (self.teachers if teacher else self.trained)[net]
         if self.compile:
             if id(module) not in self._compiled:
                 self._compiled[id(module)] = torch.compile(module, mode=self.compile_mode)
