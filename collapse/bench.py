@@ -11,12 +11,14 @@ numpy. `PerSampleCrops` is the classical SimpleBaseline-style code: PIL's C warp
 import copy
 import math
 import os
+import resource
 import tempfile
 import time
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
@@ -27,6 +29,17 @@ from .data.store import decode_images
 from .train import Trainer
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+# dense bf16 tensor-core peaks (vendor data sheets, SXM parts), for model FLOPs utilisation
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def peak_tflops(device):
+    """The device's dense bf16 peak in TFLOP/s, where known (None on a CPU or an unlisted GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
 def _draw(a, rng):
@@ -187,6 +200,11 @@ def bench(cfg: Config, steps=50, batches=30, workers=None, rounds=3, decode=256,
         sync()
         step_s = (time.perf_counter() - t0) / steps
         data_share = tr.data_clock.read() / steps / step_s  # CUDA events on a GPU
+        peak_gib = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30  # the process's peak on a CPU
+        with FlopCounterMode(display=False) as flops:  # forward and backward of every pass of one step
+            tr.train_step()
+        tflops = flops.get_total_flops() / step_s / 1e12
         t = cfg.train
         images = t.batch_labeled + (t.batch_unlabeled if tr.method.uses_unlabeled else 0)
         workers = workers if workers is not None else 2
@@ -200,7 +218,8 @@ def bench(cfg: Config, steps=50, batches=30, workers=None, rounds=3, decode=256,
         folder = image_dir(cfg.data.root, cfg.data.train_split)
         decode_files = sorted(os.path.join(folder, f) for f in os.listdir(folder))[:decode]
     figures = dict(device=str(dev), method=cfg.method.name, model=cfg.model.name, step_ms=1000 * step_s,
-                   steps_per_s=1 / step_s, images_per_s=images / step_s, data_share=data_share,
+                   steps_per_s=1 / step_s, images_per_s=images / step_s, data_share=data_share, peak_memory_gib=peak_gib,
+                   step_gflop=flops.get_total_flops() / 1e9, tflops=tflops, mfu=tflops / peak_tflops(dev) if peak_tflops(dev) else None,
                    batch_ms=ms, ratios={k: v / ms["batched"] for k, v in ms.items() if k != "batched"})
     if decode_files:
         figures.update(decode_race(list(decode_files), rounds))
@@ -208,6 +227,10 @@ def bench(cfg: Config, steps=50, batches=30, workers=None, rounds=3, decode=256,
          f"batch {t.batch_labeled}+{t.batch_unlabeled if tr.method.uses_unlabeled else 0}")
     echo(f"  training   {figures['step_ms']:.1f} ms/step   {figures['steps_per_s']:.2f} steps/s   "
          f"{figures['images_per_s']:.0f} images/s   data path {100 * data_share:.1f}% of a step")
+    mfu = f", MFU {100 * figures['mfu']:.1f}% of {peak_tflops(dev):.0f} TFLOP/s bf16" if figures["mfu"] else ""
+    echo(f"  model      {figures['step_gflop']:.1f} GFLOP/step (forward + backward, every pass), "
+         f"{figures['tflops']:.3f} TFLOP/s achieved{mfu}; peak memory {peak_gib:.2f} GiB "
+         f"({'allocated on the GPU' if dev.type == 'cuda' else 'resident set of the process'})")
     echo(f"  data path (labeled batch of {t.batch_labeled}, median of {rounds} alternating rounds of {batches} batches): "
          f"batched on the device {ms['batched']:.2f} ms")
     for name, value in figures["ratios"].items():
@@ -220,16 +243,16 @@ def bench(cfg: Config, steps=50, batches=30, workers=None, rounds=3, decode=256,
     return figures
 
 
-def compile_race(cfg: Config, steps=30, rounds=3, warmup=5, echo=print):
-    """ms per training step with and without train.compile, two trainers in one process, alternating rounds
-    of `steps` steps after `warmup` steps each (compiling happens there), the median round; returns both
-    and their ratio. Every pass a method makes goes through ctx.forward, so compiling covers all of them."""
+def step_race(cfg: Config, variants, steps=30, rounds=3, warmup=5, echo=print):
+    """ms per training step of config variants ({name: function changing a copy of cfg}), one trainer each
+    in one process, alternating rounds of `steps` steps after `warmup` steps each (compiling, reading
+    ahead and caches settle there), the median round."""
     sync = (lambda: torch.cuda.synchronize()) if torch.cuda.is_available() and cfg.train.device != "cpu" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
-        for name, flag in (("eager", False), ("compiled", True)):
+        for name, change in variants.items():
             c = copy.deepcopy(cfg)
-            c.train.compile = flag
+            change(c)
             trainers[name] = Trainer(c, os.path.join(tmp, name), progress=False)
             t0 = time.perf_counter()
             for _ in range(warmup):
@@ -244,7 +267,26 @@ def compile_race(cfg: Config, steps=30, rounds=3, warmup=5, echo=print):
                     tr.train_step()
                 sync()
                 times[name].append(1000 * (time.perf_counter() - t0) / steps)
-    ms = {name: float(np.median(t)) for name, t in times.items()}
+        for tr in trainers.values():
+            tr.batches.close()
+    return {name: float(np.median(t)) for name, t in times.items()}, times
+
+
+def compile_race(cfg: Config, steps=30, rounds=3, warmup=5, echo=print):
+    """Eager against train.compile; every pass a method makes goes through ctx.forward, so compiling covers
+    all of them. Returns both times and their ratio."""
+    ms, times = step_race(cfg, {"eager": lambda c: setattr(c.train, "compile", False),
+                                "compiled": lambda c: setattr(c.train, "compile", True)}, steps, rounds, warmup, echo)
     echo(f"  {cfg.method.name}: eager {ms['eager']:.1f} ms/step, compiled {ms['compiled']:.1f} ms/step -> compiled takes "
          f"{ms['compiled'] / ms['eager']:.2f}x the eager time (median of {rounds} alternating rounds of {steps} steps)")
     return dict(ms, ratio=ms["compiled"] / ms["eager"], rounds=times)
+
+
+def memmap_race(cfg: Config, steps=30, rounds=3, warmup=5, echo=print):
+    """The store resident on the device against the memory-map path read ahead by its thread
+    (data.resident_gb 0): ms/step of each and their ratio."""
+    ms, times = step_race(cfg, {"resident": lambda c: setattr(c.data, "resident_gb", 1e6),
+                                "memory map": lambda c: setattr(c.data, "resident_gb", 0.0)}, steps, rounds, warmup, echo)
+    echo(f"  {cfg.method.name}: resident {ms['resident']:.1f} ms/step, memory map read ahead {ms['memory map']:.1f} "
+         f"ms/step -> {ms['memory map'] / ms['resident']:.2f}x (median of {rounds} alternating rounds of {steps} steps)")
+    return dict(ms, ratio=ms["memory map"] / ms["resident"], rounds=times)

@@ -79,9 +79,12 @@ def cmd_bench(args):
     if args.steps < 1 or args.batches < 1 or args.rounds < 1 or args.decode < 0:
         raise ConfigError("--steps, --batches and --rounds must be positive, --decode >= 0")
     cfg = config.load(args.config, args.overrides)
-    if args.compile:
-        from .bench import compile_race
-        compile_race(cfg, args.steps, args.rounds)
+    if args.compile or args.memmap:
+        from .bench import compile_race, memmap_race
+        if args.compile:
+            compile_race(cfg, args.steps, args.rounds)
+        if args.memmap:
+            memmap_race(cfg, args.steps, args.rounds)
     else:
         bench(cfg, args.steps, args.batches, args.workers, args.rounds, args.decode)
 
@@ -157,6 +160,8 @@ def parser():
     be.add_argument("--decode", type=int, default=256, help="train images in the decoding race (default 256; 0: none)")
     be.add_argument("--compile", action="store_true", help="instead: ms/step with and without train.compile, alternating "
                     "rounds of --steps steps in one process, as a ratio")
+    be.add_argument("--memmap", action="store_true", help="instead: ms/step with the store resident on the device and "
+                    "read ahead from its memory map (data.resident_gb=0), alternating rounds, as a ratio")
     be.set_defaults(func=cmd_bench)
 
     for plugin in entry_points(group="collapse.commands"):  # analysis: demo, figures, report, claims, toy

@@ -27,6 +27,8 @@ class DataConfig:
     heatmap_stride: int = 2
     sigma: float = 1.5               # Gaussian target sigma in heatmap pixels
     store_margin: float = 1.25       # stored crops cover this much more than the input crop
+    resident_gb: float = 8.0         # pools up to this size live on the device; larger ones are read ahead from the
+                                     # memory map (their rows drawn from a generator of their own)
     labeled: int = 300               # N train instances are labeled (-1: all) ...
     split: str = "first"             # ... the first N in file order (the paper's code) | random (seeded)
     split_seed: int = 0
@@ -239,6 +241,8 @@ def validate(cfg: Config):
     cfg.method.check(cfg)
     if d.store_margin < 1:
         raise ConfigError("config key 'data.store_margin' must be >= 1")
+    if d.resident_gb < 0:
+        raise ConfigError(f"config key 'data.resident_gb' must be >= 0, got {d.resident_gb}")
     return cfg
 
 

@@ -93,8 +93,9 @@ class Trainer:
         # copies; on the CPU the same stream as ever (its state rides in the checkpoint: resume is exact)
         self.draws = Draws.seeded(t.seed, self.device, self.world.rank, self.world.size)
         # the unlabeled pool exists for every method: supervised runs are probed on it too
-        self.batches = Batches(cfg, Pool(train_store, lab, self.device),
-                               Pool(pool_store, unl, self.device) if len(unl) else None, self.device, self.draws)
+        resident = int(cfg.data.resident_gb * 2 ** 30)
+        self.batches = Batches(cfg, Pool(train_store, lab, self.device, resident),
+                               Pool(pool_store, unl, self.device, resident) if len(unl) else None, self.device, self.draws)
         if self.method.uses_unlabeled and self.batches.unlabeled_pool is None:
             raise DataError("this method needs unlabeled data but data.labeled leaves none")
         self.val = val_set(cfg, val_store, self.device)
@@ -148,6 +149,7 @@ class Trainer:
                     metrics=self.metrics, probes=self.probes, timing=self.timing,
                     loss_sums=self.loss_sums, loss_count=self.loss_count,
                     method=self.method.state_dict(), unlabeled_subset=self.batches.unlabeled_subset,
+                    batches=self.batches.state_dict(),
                     gallery=self.prober.gallery)
 
     def load_state(self, s):
@@ -164,6 +166,8 @@ class Trainer:
         self.loss_sums, self.loss_count = s["loss_sums"], s["loss_count"]
         self.method.load_state_dict(self.ctx, s["method"])
         self.batches.unlabeled_subset = s["unlabeled_subset"]
+        if "batches" in s:  # checkpoints from before the read-ahead have none (their pools were resident)
+            self.batches.load_state_dict(s["batches"])
         self.prober.gallery = s.get("gallery", [])
 
     # -- the loop -------------------------------------------------------------------------------
@@ -328,6 +332,7 @@ class Trainer:
         """The last save, and the manifest's account: status, final metrics, timing."""
         t = self.cfg.train
         self.save()
+        self.batches.close()
         if self.board:
             self.board.close()
         if not self.world.main:

@@ -20,9 +20,10 @@ EXTRA = {"threshold": ["method.tau=0.2"], "easy_hard": ["method.joint_cutout=3",
          "self_training": ["method.teacher_steps=2"]}
 
 
-def _trainer(synth_root, tmp_path, name):
+def _trainer(synth_root, tmp_path, name, *more):
     from collapse.train import Trainer
-    cfg = config.load("configs/demo.yaml", [f"data.root={synth_root}", f"method.name={name}", *SMALL, *EXTRA.get(name, [])])
+    cfg = config.load("configs/demo.yaml", [f"data.root={synth_root}", f"method.name={name}", *SMALL,
+                                            *EXTRA.get(name, []), *more])
     return Trainer(cfg, str(tmp_path / name), progress=False)
 
 
@@ -40,6 +41,36 @@ def test_a_training_step_never_synchronises(synth_root, tmp_path, name):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_a_step_read_ahead_from_the_memory_map_never_synchronises(synth_root, tmp_path):
+    import numpy as np
+    tr = _trainer(synth_root, tmp_path, "dual", "data.resident_gb=0")
+    assert not tr.batches.labeled_pool.resident and set(tr.batches.read_ahead) == {"labeled", "unlabeled"}
+    for _ in range(3):
+        tr.train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            tr.train_step()
+        crops, _, idx = tr.batches.read_ahead["unlabeled"].next(4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    pool = tr.batches.unlabeled_pool
+    assert torch.equal(crops.cpu(), torch.from_numpy(np.asarray(pool.store.crops[pool.rows[idx.cpu().numpy()]])))
+    tr.batches.close()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_two_gpu_run_with_synchronised_batchnorm_finishes(synth_root, tmp_path):
+    out = str(tmp_path / "ddp")
+    r = subprocess.run([sys.executable, "-m", "collapse", "train", "configs/demo.yaml", f"data.root={synth_root}",
+                        "method.name=dual", "model.sync_bn=true", *SMALL, "--nproc", "2", "--out", out, "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert m["status"] == "done" and m["world_size"] == 2 and m["device"] == "cuda:0"
 
 
 def test_the_profiler_counts_no_synchronising_call_in_a_step(synth_root, tmp_path):

@@ -96,3 +96,56 @@ def test_prepare_synthetic_command_loads_in_pycocotools(tmp_path):
         assert len(coco.getImgIds()) == n and len(coco.getAnnIds()) >= n - 1
         assert len(os.listdir(os.path.join(out, "images", split))) == n
     assert main(["prepare", "synthetic", "--out", out, "--train", "0"]) == 2
+
+
+def test_read_ahead_hands_out_the_rows_it_names_and_resumes_its_stream(synth_root):
+    from collapse.data.read_ahead import ReadAhead
+    from collapse.draws import Draws
+    store = build(synth_root, "val", (64, 48), 1.25)
+    rows = np.arange(7, len(store))
+    pool = Pool(store, rows, torch.device("cpu"), resident_bytes=0)
+    assert not pool.resident
+    ahead = ReadAhead(pool, Draws.seeded(3))
+    subset = torch.tensor([0, 5, 9])
+    seen = []
+    for k in range(6):
+        crops, kps, idx = ahead.next(4, subset if k >= 3 else None)  # a subset midway: the thread restarts
+        assert torch.equal(crops, torch.from_numpy(np.asarray(store.crops[rows[idx.numpy()]])))
+        assert torch.equal(kps, pool.keypoints[idx])
+        seen.append(idx)
+        if k == 1:
+            state = ahead.state_dict()
+    assert all(set(i.tolist()) <= {0, 5, 9} for i in seen[3:]) and len(set(torch.cat(seen[:3]).tolist())) > 4
+    again = ReadAhead(pool, Draws.seeded(99))  # another seed: the loaded state decides
+    again.load_state_dict(state)
+    replay = [again.next(4, subset if k >= 3 else None)[2] for k in range(2, 6)]
+    assert all(torch.equal(a, b) for a, b in zip(replay, seen[2:]))
+    ahead.stop(), again.stop()
+    assert ahead.thread is None and again.thread is None
+
+
+def test_a_run_read_from_the_memory_map_resumes_exactly_across_a_change_of_subset(synth_root, tmp_path):
+    """ST++ trains on a reliable subset of the unlabeled pool between two restarts: a run whose pools are
+    read ahead from the memory map (data.resident_gb 0), stopped mid-stage and resumed, ends as one that
+    was never stopped."""
+    from collapse import config
+    from collapse.train import Trainer
+    cfg = config.load("configs/demo.yaml", [
+        f"data.root={synth_root}", "data.resident_gb=0", "model.width=8", "method.name=self_training",
+        "method.st_plus=true", "method.teacher_steps=6", "train.steps=16", "train.eval_every=8",
+        "train.probe_every=8", "train.log_every=8", "train.threads=1", "train.device=cpu", "train.progress=false"])
+    ref = Trainer(cfg, str(tmp_path / "ref"))
+    ref.fit()
+    assert not ref.batches.unlabeled_pool.resident and set(ref.batches.read_ahead) == {"labeled", "unlabeled"}
+    out = str(tmp_path / "stopped")
+    first = Trainer(cfg, out)
+    first.begin()
+    while first.step < 9:  # inside the reliable stage (steps 6-10): the subset is set
+        first.accumulate(first.train_step())
+    assert first.batches.unlabeled_subset is not None
+    first.save()
+    first.batches.close()
+    resumed = Trainer(cfg, out)
+    resumed.fit()
+    for a, b in zip(ref.nets, resumed.nets):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -6,7 +6,9 @@ import torch
 
 from ..augment import (ViewMaker, inverse, normalise, normalise_float, store_to_input, swap_flipped,
                        transform_points, warp)
+from ..draws import Draws
 from ..heatmaps import gaussian_targets
+from .read_ahead import ReadAhead
 from .skeleton import labeled
 
 
@@ -30,9 +32,30 @@ class Batches:
         self.heatmap_hw = (self.input_hw[0] // self.stride, self.input_hw[1] // self.stride)
         self.views = ViewMaker(cfg.augment, self.input_hw, draws)
         self.unlabeled_subset = None  # pool rows to sample unlabeled crops from (None: all), on the draws' device; set by staged methods
+        # a pool read from its memory map draws its rows ahead, from a generator of its own (seeded by the
+        # run and the pool) so its thread can run ahead of the step's draws
+        self.read_ahead = {name: ReadAhead(pool, Draws.seeded(cfg.train.seed * 1_000_003 + k + 1, "cpu", draws.rank, draws.world))
+                           for k, (name, pool) in enumerate([("labeled", labeled), ("unlabeled", unlabeled)])
+                           if pool is not None and not pool.resident}
 
-    def _indices(self, pool, n):
-        return self.draws.integers(0, len(pool), n)
+    def _sample(self, name, pool, n, subset=None):
+        """n rows of a pool (drawn from `subset`'s positions when given) -> (uint8 crops, keypoints,
+        positions) on the device."""
+        if name in self.read_ahead:
+            return self.read_ahead[name].next(n, subset)
+        idx = self.draws.integers(0, len(pool), n) if subset is None else subset[self.draws.integers(0, len(subset), n)]
+        return (*pool.fetch(idx), idx)
+
+    def state_dict(self):
+        return dict(read_ahead={k: r.state_dict() for k, r in self.read_ahead.items()})
+
+    def load_state_dict(self, state):
+        for k, r in self.read_ahead.items():
+            r.load_state_dict(state["read_ahead"][k])
+
+    def close(self):
+        for r in self.read_ahead.values():
+            r.stop()
 
     def base(self, n, pool):
         return store_to_input(n, pool.store.store_hw, self.input_hw, self.device)
@@ -48,7 +71,7 @@ class Batches:
 
     def labeled(self, n):
         """Easy-augmented labeled crops with their targets."""
-        crops, kps = self.labeled_pool.fetch(self._indices(self.labeled_pool, n))
+        crops, kps, _ = self._sample("labeled", self.labeled_pool, n)
         E, flip = self.views.easy(n, self.device)
         A = E @ self.base(n, self.labeled_pool)
         x = warp(normalise(crops), A, self.input_hw)
@@ -58,11 +81,7 @@ class Batches:
     def unlabeled(self, n):
         """Unlabeled crops in the store frame (float 0..255) with their easy view; methods derive more views
         with `view`. Ground-truth keypoints ride along for probes only, never for losses."""
-        if self.unlabeled_subset is None:
-            idx = self._indices(self.unlabeled_pool, n)
-        else:
-            idx = self.unlabeled_subset[self.draws.integers(0, len(self.unlabeled_subset), n)]
-        crops, kps = self.unlabeled_pool.fetch(idx)
+        crops, kps, idx = self._sample("unlabeled", self.unlabeled_pool, n, self.unlabeled_subset)
         E, flip = self.views.easy(n, self.device)
         return dict(crops=crops.permute(0, 3, 1, 2).float(), base=self.base(n, self.unlabeled_pool),
                     easy=E, flip=flip, keypoints=kps, index=idx)

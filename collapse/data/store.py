@@ -215,10 +215,11 @@ def _save_done(path, done):
 
 
 class Pool:
-    """A set of store rows ready on the device: uint8 crops and keypoints, sampled with a seeded generator.
+    """A set of store rows ready on the device: uint8 crops and keypoints.
 
-    Crops are uploaded once when they fit (`resident`); otherwise each batch is gathered from the memory
-    map and moved as uint8 (pinned, non-blocking)."""
+    Crops are uploaded once when they fit (`resident`); otherwise rows are gathered from the memory map:
+    a training stream's batches ahead of time (collapse.data.read_ahead), other reads (evaluation,
+    probes, pseudo-labels) when asked, moved as uint8."""
 
     def __init__(self, store, rows, device, resident_bytes=8 << 30):
         self.store, self.rows, self.device = store, np.asarray(rows), device
