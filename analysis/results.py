@@ -87,7 +87,7 @@ def method_label(row):
         return name
     settings = {k.split(".", 1)[1]: v for k, v in row.items() if k.startswith("method.") and _present(v)}
     label = METHODS[name].label({**settings, "name": name})
-    if row.get("train.init_same") and METHODS[name].nets > 1:
+    if row.get("train.init_same") and METHODS[name].net_count(settings) > 1:
         label += " (one init)"
     return label
 

@@ -203,11 +203,16 @@ def joint_cutout(x, joints, count, draws):
     centre = torch.gather(joints, 1, pick[..., None].expand(-1, -1, 2))
     centre = centre + draws.normal(b, count, 2).to(x.device) * 10 * k
     half = draws.integers(10, 20, b, count, 2).to(x.device) * k
-    ys = torch.arange(h, device=x.device).view(1, 1, h, 1) + 0.5
-    xs = torch.arange(w, device=x.device).view(1, 1, 1, w) + 0.5
-    inside = ((xs - centre[..., 0, None, None]).abs() < half[..., 0, None, None]) & \
-             ((ys - centre[..., 1, None, None]).abs() < half[..., 1, None, None])
-    return x.masked_fill(inside.any(1, keepdim=True), 0.0)
+    return x.masked_fill(box_mask(centre, half, h, w).any(1, keepdim=True), 0.0)
+
+
+def box_mask(centre, half, h, w):
+    """(B,K,H,W) bool: which pixel centres of an h x w image lie inside each of K boxes per sample, given
+    their centres and half-sizes (B,K,2: x, y) in pixels."""
+    ys = torch.arange(h, device=centre.device).view(1, 1, h, 1) + 0.5
+    xs = torch.arange(w, device=centre.device).view(1, 1, 1, w) + 0.5
+    return ((xs - centre[..., 0, None, None]).abs() < half[..., 0, None, None]) & \
+           ((ys - centre[..., 1, None, None]).abs() < half[..., 1, None, None])
 
 
 def strong_photometric(x, draws):

@@ -40,7 +40,7 @@ def _default_out(cfg, base="results"):
 def _print_final(manifest):
     f = manifest.get("final", {})
     t = manifest.get("timing", {})
-    keys = [k + s for s in ("", "/net0", "/net1", "/ens") for k in ("AP", "AP50", "AR", "PCK@0.1") if k + s in f]
+    keys = [k + s for s in ("", "/net0", "/net1", "/net2", "/ens") for k in ("AP", "AP50", "AR", "PCK@0.1") if k + s in f]
     print("  ".join(f"{k} {f[k]:.3f}" for k in keys))
     if t:
         print(f"wall {t['total']:.1f}s  ({t['seconds_per_step']*1000:.1f} ms/step, data path {100*t['data_share']:.1f}% of a step, "

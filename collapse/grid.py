@@ -107,8 +107,10 @@ def expand(path, results, scale=None, overrides=()):
                 values = {**_read_by(shared, _method_name(base_method, overrides, {**shared, **variant})), **variant}
                 cfg = config.load(base, overrides, values=values)
                 if warm and "train.init_from" not in values:
-                    nets = 1 if cfg.train.init_same else METHODS[cfg.method.name].nets
-                    sources = [_stage(cfg, warm, overrides, k * SECOND_NET_SEED, results, stages) for k in range(nets)]
+                    method = METHODS[cfg.method.name]
+                    nets = 1 if cfg.train.init_same else method.net_count(cfg.method)
+                    sources = [_stage(cfg, warm, overrides, method.warm_stage(k) * SECOND_NET_SEED, results, stages)
+                               for k in range(nets)]
                     values = {**values, "train.init_from": ",".join(sources)}
                     cfg = config.load(base, overrides, values=values)
             except ConfigError as e:

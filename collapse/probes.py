@@ -79,7 +79,7 @@ class Prober:
                     add(split, i, -1, "fg_area", tau, (h > tau).float().mean())
                     add(split, i, -1, "gt_bg_share", tau, ((h < tau) & gt).sum() / n_gt)
             pairs = []
-            if len(nets) == 2:
+            if len(nets) >= 2:  # net 0 and net 1 (dual's pair; SSPCM's student and first teacher)
                 pairs.append((heats[0], heats[1]))
             elif teachers and teachers[0] is not nets[0]:
                 pairs.append((teachers[0](x).float(), heats[0]))

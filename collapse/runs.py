@@ -65,10 +65,19 @@ def atomic_torch_save(path, obj):
 EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every", "train.tensorboard")
 
 
+# keys added after runs were first named by their configs: at these values a key leaves a run's id as it was
+# before the key existed, so results folders made earlier are still found (and resumed) by grids
+LATER_KEYS = {"data.resident_gb": 8.0, "model.sync_bn": False}
+
+
 def run_id(resolved_config: dict) -> str:
-    """Short hash of the resolved config, without the keys of EXECUTION."""
+    """Short hash of the resolved config, without the keys of EXECUTION (nor LATER_KEYS at their defaults)."""
     ident = {k: v for k, v in resolved_config.items() if k not in ("out",)}
     ident["train"] = {k: v for k, v in ident.get("train", {}).items() if f"train.{k}" not in EXECUTION}
+    for key, default in LATER_KEYS.items():
+        section, name = key.split(".")
+        if section in ident and ident[section].get(name, default) == default:
+            ident[section] = {k: v for k, v in ident[section].items() if k != name}
     if ident["train"].get("init_from"):  # a source by its last two path parts (a grid's: warm_start/<method>-<id>),
         ident["train"]["init_from"] = ",".join(  # so a results folder can move without changing its runs' ids
             "/".join(os.path.normpath(p.strip()).split(os.sep)[-2:]) for p in ident["train"]["init_from"].split(","))

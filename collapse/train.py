@@ -113,7 +113,8 @@ class Trainer:
         # (distributed.same_buffers) rather than broadcast before each of a step's several passes.
         trained = None if self.world.size == 1 else [torch.nn.parallel.DistributedDataParallel(
             n, broadcast_buffers=False) for n in self.nets]
-        self.ctx = Context(self.nets, self.batches, trained=trained, steps=t.steps, compile=t.compile,
+        epoch = max(1, len(self.batches.unlabeled_pool) // t.batch_unlabeled) if self.batches.unlabeled_pool else 1
+        self.ctx = Context(self.nets, self.batches, trained=trained, steps=t.steps, epoch=epoch, compile=t.compile,
                            compile_mode=t.compile_mode, on_artifact=self.save_artifact, on_restart=self.reset_net)
         self.method.setup(self.ctx)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)

@@ -47,3 +47,17 @@ def test_every_shipped_config_loads():
     names = {config.load(p).method.name for p in paths}
     from collapse.methods import METHODS
     assert names == set(METHODS)  # every method has a shipped config
+
+
+def test_keys_added_later_leave_the_ids_of_earlier_runs_alone():
+    import copy
+    from collapse.runs import LATER_KEYS, run_id
+    cfg = config.load("configs/demo.yaml", ["method.name=dual"]).to_dict()
+    assert run_id(cfg) == "4283931faa"  # the id this run had before data.resident_gb and model.sync_bn existed
+    older = copy.deepcopy(cfg)
+    for key in LATER_KEYS:
+        section, name = key.split(".")
+        del older[section][name]
+    assert run_id(older) == run_id(cfg)
+    for override in ("data.resident_gb=0", "model.sync_bn=true"):  # away from the default they are the run's own
+        assert run_id(config.load("configs/demo.yaml", ["method.name=dual", override]).to_dict()) != run_id(cfg)

@@ -89,6 +89,16 @@ class Method:
         self.cfg = cfg
 
     @classmethod
+    def net_count(cls, s):
+        """How many networks a run of settings `s` (a mapping or the settings dataclass) trains."""
+        return cls.nets
+
+    @staticmethod
+    def warm_stage(i):
+        """In a warm-started grid, which supervised stage net i starts from (0: the seed's, 1: seed + 1000's)."""
+        return i
+
+    @classmethod
     def label(cls, s):
         """A readable name of a variant from its settings `s` (a mapping of method setting -> value, as a
         run's config.yaml holds them): the method's name and what its own settings make of it."""

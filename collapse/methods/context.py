@@ -14,6 +14,7 @@ class Context:
     trained: list = None             # what a net's own passes run through: its DDP wrapper in a multi-process run
     step: int = 0
     steps: int = 0                   # the run's length (staged recipes place their stages by it)
+    epoch: int = 1                   # steps in one pass over the unlabeled pool (the papers' epoch)
     compile: bool = False            # train.compile: passes go through torch.compile'd callables ...
     compile_mode: str = "default"    # ... of this mode (train.compile_mode)
     on_artifact: object = None       # (name, {array name: numpy array}) -> writes RUN/name; None: not kept
@@ -35,6 +36,20 @@ class Context:
                 self._compiled[id(module)] = torch.compile(module, mode=self.compile_mode)
             module = self._compiled[id(module)]
         return module(x).float()
+
+    def run(self, module, x, train_mode=False):
+        """A pass of a module that is not one of the run's nets (a recipe's frozen copy), compiled like the
+        others, in float32; train_mode: with batch statistics (its running ones are then updated)."""
+        was = module.training
+        module.train(train_mode)
+        try:
+            if self.compile:
+                if id(module) not in self._compiled:
+                    self._compiled[id(module)] = torch.compile(module, mode=self.compile_mode)
+                return self._compiled[id(module)](x).float()
+            return module(x).float()
+        finally:
+            module.train(was)
 
     def save_artifact(self, name, **arrays):
         """Keep arrays (numpy) as RUN/name (.npz), written atomically; a no-op outside a run."""
