@@ -1,4 +1,4 @@
-"""The `collapse` command: prepare, train, grid, bench here; the analysis commands (demo, figures, report,
+"""The `collapse` command: prepare, train, evaluate, grid, bench here; the analysis commands (demo, figures, report,
 claims, toy) come from the packages that declare a `collapse.commands` entry point (analysis/cli.py), so
 the library never imports analysis. A user's mistake is one line and exit 2, a failed run one line and exit 1.
 
@@ -21,15 +21,20 @@ def cmd_prepare(args):
             raise ConfigError("--train and --val must be positive")
         synthetic.prepare(args.out, args.train, args.val, args.seed, args.workers)
         print(f"wrote {args.train} train and {args.val} val images to {args.out}")
-    else:
-        sizes = []
-        for text in args.sizes.split(","):
-            try:
-                h, w = (int(v) for v in text.lower().split("x"))
-            except ValueError:
-                raise ConfigError(f"--sizes takes HxW[,HxW...], got '{args.sizes}'")
-            sizes.append((h, w))
+        return
+    sizes = []
+    for text in args.sizes.split(","):
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--sizes takes HxW[,HxW...], got '{args.sizes}'")
+        sizes.append((h, w))
+    if args.source == "coco":
         prepare(args.root, args.unlabeled_boxes, args.score, sizes, workers=args.workers, seed=args.seed)
+    else:
+        from .data import prepare_mpii_aic
+        prepare_mpii_aic.prepare(args.source, args.annotations, args.images, args.out, args.split, sizes,
+                                 workers=args.workers)
 
 
 def _default_out(cfg, base="results"):
@@ -74,6 +79,11 @@ def cmd_grid(args):
         print(f"failed runs keep their reason in their manifest.json; logs in {os.path.join(args.out, 'logs')}")
 
 
+def cmd_evaluate(args):
+    from .reevaluate import reevaluate
+    reevaluate(args.run, args.overrides)
+
+
 def cmd_bench(args):
     from .bench import bench
     if args.steps < 1 or args.batches < 1 or args.rounds < 1 or args.decode < 0:
@@ -115,6 +125,21 @@ def parser():
     co.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     co.add_argument("--seed", type=int, default=0, help="seed of the random splits")
     co.set_defaults(func=cmd_prepare)
+    for kind, what in (("mpii", "MPII persons: HRNet/mmpose's JSON (joints, joints_vis, center, scale, image) or "
+                                "the official mpii_human_pose_v1_u12_1.mat"),
+                       ("aic", "AI Challenger persons: the original keypoint_*_annotations_*.json or mmpose's "
+                               "COCO-style file with 14 keypoints")):
+        ot = prs.add_parser(kind, help=f"{what}, as a COCO-format split with crop stores",
+                            description=f"{what}. Writes ROOT/annotations/person_keypoints_SPLIT.json in the COCO-17 "
+                            "layout (shared joints mapped, the rest unlabeled), links ROOT/images/SPLIT to the image "
+                            "folder and builds the crop stores.")
+        ot.add_argument("--annotations", required=True, help="the annotation file")
+        ot.add_argument("--images", required=True, help="the folder of its images")
+        ot.add_argument("--out", required=True, help="ROOT: the data folder (data.root) to write into")
+        ot.add_argument("--split", required=True, help="the split's name, e.g. mpii_train, mpii_valid, aic_train")
+        ot.add_argument("--sizes", default="256x256", help="crop-store input sizes (default 256x256, the seed's)")
+        ot.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+        ot.set_defaults(func=cmd_prepare)
 
     tr = sub.add_parser("train", help="train one run", description="Train one run. Overrides are dotted "
                         "config keys, e.g. method.name=supervised train.steps=2000.")
@@ -126,6 +151,15 @@ def parser():
                     "works too")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="score a run's nets again under other evaluation settings (no training)",
+                        description="Evaluate a run's checkpoint again: each net, and their ensemble, under other "
+                        "eval.* settings (flip_test, decode, boxes, metric) or another data.val_split / data.val. "
+                        "Writes RUN/evaluations/<settings id>/ (metrics.parquet, predictions/, settings.yaml) and "
+                        "prints a table; the run's own files are untouched.")
+    ev.add_argument("run", help="a run folder")
+    ev.add_argument("overrides", nargs="*", help="eval.flip_test=true eval.decode=dark eval.metric=pckh data.val_split=...")
+    ev.set_defaults(func=cmd_evaluate)
 
     gr = sub.add_parser("grid", help="run an ablation grid (resumable; local processes or Ray)",
                         description="Expand a grid file into runs named by the hash of their resolved config; "

@@ -64,6 +64,7 @@ class EvalConfig:
     boxes: str = ""                  # '' = ground-truth boxes; or a detection-results file (COCO format) for val
     box_score: float = 0.0           # detections below this score are dropped
     oks_nms: float = 0.9             # with detection boxes: OKS-NMS threshold per image
+    metric: str = "oks"              # oks: COCO OKS AP (and PCK@0.1) | pckh: PCKh@0.5 and @0.1 by head size (MPII)
 
 
 @dataclass
@@ -238,6 +239,8 @@ def validate(cfg: Config):
         raise ConfigError(f"config key 'train.precision' must be auto, fp32 or bf16, got '{t.precision}'")
     if cfg.eval.decode not in ("argmax", "dark"):
         raise ConfigError(f"config key 'eval.decode' must be argmax or dark, got '{cfg.eval.decode}'")
+    if cfg.eval.metric not in ("oks", "pckh"):
+        raise ConfigError(f"config key 'eval.metric' must be oks or pckh, got '{cfg.eval.metric}'")
     cfg.method.check(cfg)
     if d.store_margin < 1:
         raise ConfigError("config key 'data.store_margin' must be >= 1")

@@ -11,7 +11,8 @@ import torch
 from pycocotools.cocoeval import COCOeval
 
 from .augment import about_centre, normalise, store_to_input, swap_flipped, transform_points, warp
-from .data.skeleton import OKS_SIGMAS, PERSON, labeled
+from .data.skeleton import OKS_SIGMAS, PCKH_GROUPS, PERSON, labeled
+from .errors import DataError
 from .heatmaps import decode, decode_dark
 from .models import evaluating
 
@@ -113,6 +114,20 @@ def pck(coords, keypoints, bbox, alpha=0.1):
     return float((dist < thr)[has_label].mean()) if has_label.any() else 0.0
 
 
+def pckh(coords, keypoints, head_size, alpha=0.5):
+    """PCKh@alpha (MPII's): the share of labeled joints predicted within alpha x the person's head size,
+    per joint group of the standard table that COCO-17 has (shoulder ... ankle) and their mean over those
+    joints. Persons without a head size are not scored. -> {name: value}."""
+    has = labeled(keypoints[..., 2]) & np.isfinite(head_size)[:, None]
+    hit = np.linalg.norm(coords - keypoints[..., :2], axis=-1) < alpha * np.nan_to_num(head_size)[:, None]
+    joints = [j for group in PCKH_GROUPS.values() for j in group]
+    out = {f"PCKh@{alpha:g}": float(hit[:, joints][has[:, joints]].mean()) if has[:, joints].any() else 0.0}
+    for name, group in PCKH_GROUPS.items():
+        g = list(group)
+        out[f"PCKh@{alpha:g}/{name}"] = float(hit[:, g][has[:, g]].mean()) if has[:, g].any() else 0.0
+    return out
+
+
 def evaluate(net, val, cfg):
     """(metrics dict, COCO results list) for a network on a ValSet (of GT or detected boxes; with
     detections: rescoring by box score, OKS-NMS, and no PCK, which needs a box-to-person match), under
@@ -129,6 +144,12 @@ def evaluate(net, val, cfg):
         image_ids = [im["id"] for im in val.gt.dataset["images"]]
     else:
         results = to_coco_results(image_ids, coords, conf)
+    if e.metric == "pckh":
+        if val.detections or not np.isfinite(val.head_size).any():
+            raise DataError("eval.metric pckh needs ground-truth boxes and head sizes (an MPII or AIC split made by "
+                            "`collapse prepare mpii|aic`)")
+        metrics = {**pckh(coords, val.keypoints, val.head_size, 0.5), **pckh(coords, val.keypoints, val.head_size, 0.1)}
+        return metrics, results
     metrics = coco_ap(val.gt, results, image_ids)
     if not val.detections:
         metrics["PCK@0.1"] = pck(coords, val.keypoints, val.bbox)

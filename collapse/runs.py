@@ -67,7 +67,7 @@ EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoin
 
 # keys added after runs were first named by their configs: at these values a key leaves a run's id as it was
 # before the key existed, so results folders made earlier are still found (and resumed) by grids
-LATER_KEYS = {"data.resident_gb": 8.0, "model.sync_bn": False}
+LATER_KEYS = {"data.resident_gb": 8.0, "model.sync_bn": False, "eval.metric": "oks"}
 
 
 def run_id(resolved_config: dict) -> str:
@@ -87,8 +87,14 @@ def run_id(resolved_config: dict) -> str:
 
 def final_value(final, name="AP"):
     """A run's final `name` from its last evaluation ({metric: value}); for two-net runs net 0's, the
-    model-selection net (the ensemble is AP/ens). The one rule every table and summary uses."""
-    return final.get(name, final.get(f"{name}/net0"))
+    model-selection net (the ensemble is AP/ens). The one rule every table and summary uses. A run scored
+    by PCKh (eval.metric pckh) has no AP: its PCKh@0.5 stands in (the tables' AP column holds it)."""
+    names = [name, name.replace("AP", "PCKh@0.5", 1)] if name.split("/")[0] == "AP" else [name]
+    for n in names:
+        value = final.get(n, final.get(f"{n}/net0"))
+        if value is not None:
+            return value
+    return None
 
 
 def versions():

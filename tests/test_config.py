@@ -42,7 +42,8 @@ def test_extends_and_unknown_file(tmp_path):
 
 def test_every_shipped_config_loads():
     import glob
-    paths = sorted(glob.glob("configs/*.yaml") + glob.glob("configs/methods/*.yaml") + glob.glob("configs/coco/*.yaml"))
+    paths = sorted(glob.glob("configs/*.yaml") + glob.glob("configs/methods/*.yaml") + glob.glob("configs/coco/*.yaml")
+                   + glob.glob("configs/mpii/*.yaml"))
     assert len(paths) >= 15
     names = {config.load(p).method.name for p in paths}
     from collapse.methods import METHODS

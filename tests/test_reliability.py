@@ -243,6 +243,13 @@ BAD = [  # (name, make(tmp_path, synth_root) -> argv, expected text in the messa
     ("claims on a folder without runs", lambda t, s: ["claims", str(_mkdir(t / "empty"))], "no runs in"),
     ("demo with bad seeds", lambda t, s: ["demo", "--seeds", "0,one", "--out", str(t / "demo")], "--seeds takes"),
     ("bench with no steps", lambda t, s: ["bench", "configs/demo.yaml", "--steps", "0"], "must be positive"),
+    ("evaluate a folder that is not a run", lambda t, s: ["evaluate", str(_mkdir(t / "norun"))], "is not a run folder"),
+    ("MPII file missing", lambda t, s: ["prepare", "mpii", "--annotations", str(t / "none.json"), "--images",
+                                        str(_mkdir(t / "img")), "--out", str(t / "root"), "--split", "x"],
+     "annotation file not found"),
+    ("AIC image folder missing", lambda t, s: ["prepare", "aic", "--annotations", _write(t / "a.json", "[]"), "--images",
+                                               str(t / "noimg"), "--out", str(t / "root"), "--split", "x"],
+     "image folder not found"),
 ]
 
 

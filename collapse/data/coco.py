@@ -73,7 +73,7 @@ def person_instances(coco, path="annotations", require_keypoints=True):
             if ann.get("area", w * h) <= 0 or w == 0 or h == 0 or (require_keypoints and ann.get("num_keypoints", 0) < 1):
                 continue  # the paper's filter: empty boxes and persons without labeled joints are skipped
             rows.append((img["id"], ann["id"], img["file_name"], img["width"], img["height"], box,
-                         ann.get("area", w * h), kps, ann.get("score", 1.0)))
+                         ann.get("area", w * h), kps, ann.get("score", 1.0), ann.get("head_size", np.nan)))
     if not rows:
         raise DataError(f"{path} has no usable person annotations")
     return dict(
@@ -84,4 +84,5 @@ def person_instances(coco, path="annotations", require_keypoints=True):
         area=np.array([r[6] for r in rows], dtype=np.float64),
         keypoints=np.array([r[7] for r in rows], dtype=np.float64).reshape(-1, NUM_JOINTS, 3),
         score=np.array([r[8] for r in rows], dtype=np.float64),
+        head_size=np.array([r[9] for r in rows], dtype=np.float64),  # PCKh's scale (MPII, AIC), NaN elsewhere
     )

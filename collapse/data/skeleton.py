@@ -34,6 +34,31 @@ OKS_SIGMAS = np.array(
     [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
 ) / 10.0
 
+# Other sets' joints in their files' order, onto COCO-17 (the one place the mapping is stated): a joint they
+# share with COCO-17 takes its channel; a COCO joint a set lacks (MPII and AIC have no face) is unlabeled,
+# visibility 0, so it carries no loss and is not scored; a joint COCO-17 lacks (head top, necks, pelvis,
+# thorax) has no channel: head top and neck give PCKh's head size when no head box exists, and are dropped.
+MPII_JOINTS = ("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis", "thorax",
+               "upper_neck", "head_top", "right_wrist", "right_elbow", "right_shoulder", "left_shoulder",
+               "left_elbow", "left_wrist")
+AIC_JOINTS = ("right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
+              "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "head_top", "neck")
+
+# PCKh's groups as in the standard MPII table, limited to the joints COCO-17 has (MPII's Head, the head top
+# and upper neck, has no COCO channel)
+PCKH_GROUPS = {"shoulder": (5, 6), "elbow": (7, 8), "wrist": (9, 10), "hip": (11, 12), "knee": (13, 14), "ankle": (15, 16)}
+
+
+def to_coco_joints(joints, names):
+    """(N,K,3) joints of a set whose joint names are `names` -> (N,17,3) in COCO-17 order (x, y, visibility);
+    COCO joints the set lacks are zeros (unlabeled)."""
+    out = np.zeros((len(joints), NUM_JOINTS, 3))
+    for k, name in enumerate(names):
+        if name in JOINTS:
+            out[:, JOINTS.index(name)] = joints[:, k]
+    return out
+
+
 def labeled(visibility):
     """Whether a joint carries a label: COCO visibility 1 (occluded) or 2 (visible); 0 is unlabeled."""
     return visibility > 0

@@ -32,20 +32,32 @@ def ensure_data(cfg: Config, progress=False):
             person_instances(load_coco(path), path, labeled)
             image_dir(d.root, split)
     train = build_store(d.root, d.train_split, hw, d.store_margin, progress)
-    val = build_store(d.root, d.val_split, hw, d.store_margin, progress)
-    if cfg.eval.boxes:  # evaluate on detected boxes: a keypoint-less split of the val images
-        name = f"{d.val_split}_dets_{os.path.splitext(os.path.basename(cfg.eval.boxes))[0]}_s{cfg.eval.box_score:g}"
-        if not os.path.exists(annotation_path(d.root, name)):
-            detection_split(d.root, annotation_path(d.root, d.val_split), cfg.eval.boxes, name, cfg.eval.box_score)
-        os.makedirs(os.path.join(d.root, "images"), exist_ok=True)
-        link = os.path.join(d.root, "images", name)  # the detection split reads the val split's images
-        if not os.path.exists(link):
-            os.symlink(os.path.abspath(image_dir(d.root, d.val_split)), link)
-        val = build_store(d.root, name, hw, d.store_margin, progress, require_keypoints=False)
-    stores = (train, val)
+    stores = (train, val_store(cfg, progress))
     if d.unlabeled_split:
         stores += (build_store(d.root, d.unlabeled_split, hw, d.store_margin, progress, require_keypoints=False),)
     return stores
+
+
+def val_store(cfg: Config, progress=False):
+    """The crop store a run is evaluated on: the val split's (ground-truth boxes), or with eval.boxes a
+    keypoint-less split of the val images holding the detections."""
+    d = cfg.data
+    hw = tuple(d.input_size)
+    if not os.path.exists(os.path.join(store_path(d.root, d.val_split, hw, d.store_margin), "info.json")):
+        path = annotation_path(d.root, d.val_split)
+        person_instances(load_coco(path), path)
+        image_dir(d.root, d.val_split)
+    val = build_store(d.root, d.val_split, hw, d.store_margin, progress)
+    if not cfg.eval.boxes:
+        return val
+    name = f"{d.val_split}_dets_{os.path.splitext(os.path.basename(cfg.eval.boxes))[0]}_s{cfg.eval.box_score:g}"
+    if not os.path.exists(annotation_path(d.root, name)):
+        detection_split(d.root, annotation_path(d.root, d.val_split), cfg.eval.boxes, name, cfg.eval.box_score)
+    os.makedirs(os.path.join(d.root, "images"), exist_ok=True)
+    link = os.path.join(d.root, "images", name)  # the detection split reads the val split's images
+    if not os.path.exists(link):
+        os.symlink(os.path.abspath(image_dir(d.root, d.val_split)), link)
+    return build_store(d.root, name, hw, d.store_margin, progress, require_keypoints=False)
 
 
 def labeled_order(cfg: Config, n_train):
@@ -90,6 +102,7 @@ class ValSet:
     keypoints: np.ndarray            # (N, J, 3): x, y in the image, visibility
     bbox: np.ndarray                 # (N, 4): x, y, w, h
     detections: bool                 # detected boxes (eval.boxes): no keypoints, no PCK
+    head_size: np.ndarray = None     # (N,) PCKh's unit in image pixels (MPII, AIC; NaN where unknown)
 
 
 def val_set(cfg: Config, store, device):
@@ -97,5 +110,6 @@ def val_set(cfg: Config, store, device):
     kp = store.meta["keypoints"][pool.rows]  # in the stored crop's frame: carried back to the image's
     crop = torch.as_tensor(store.meta["crop"][pool.rows])
     xy = transform_points(torch.linalg.inv(crop), torch.as_tensor(kp[..., :2]).double()).numpy()
+    head = store.meta["head_size"][pool.rows] if "head_size" in store.meta else np.full(len(pool), np.nan)
     return ValSet(pool, load_coco(annotation_path(cfg.data.root, cfg.data.val_split)),
-                  np.concatenate([xy, kp[..., 2:]], -1), store.meta["bbox"][pool.rows], bool(cfg.eval.boxes))
+                  np.concatenate([xy, kp[..., 2:]], -1), store.meta["bbox"][pool.rows], bool(cfg.eval.boxes), head)

@@ -200,6 +200,7 @@ def _build_locked(path, inst, images, ann_file, input_hw, margin, progress, work
     kp[..., :2] = transform_points(affines, torch.as_tensor(kp[..., :2])).numpy()
     np.savez(os.path.join(work, "meta.npz"), image_id=inst["image_id"], ann_id=inst["ann_id"],
              bbox=inst["bbox"], area=inst["area"], keypoints=kp.astype(np.float32), score=inst["score"],
+             head_size=inst["head_size"],
              crop=affines.numpy())
     os.remove(done_path)
     atomic_write_json(os.path.join(work, "info.json"), dict(
