@@ -190,8 +190,14 @@ def cutout(x, size, draws, fill):
     xs = torch.arange(w, device=x.device).view(1, 1, w) + 0.5
     r = (size / 2).view(-1, 1, 1)
     box = ((xs - cx.view(-1, 1, 1)).abs() < r) & ((ys - cy.view(-1, 1, 1)).abs() < r)
-    colour = torch.tensor(fill, device=x.device).view(1, 3, 1, 1)
+    colour = _colour(tuple(fill), x.device)
     return torch.where(box[:, None], colour, x)
+
+
+@functools.lru_cache(maxsize=8)
+def _colour(fill, device):
+    """A fill colour (1,3,1,1) on the device, made once (a tensor from Python numbers is a host copy)."""
+    return torch.tensor(fill, device=device).view(1, 3, 1, 1)
 
 
 def joint_cutout(x, joints, count, draws):

@@ -19,6 +19,12 @@ def _half_sizes(draws, b, k, h, device):
     return draws.integers(10, 20, b, k, 2).to(device).float() * h / 256
 
 
+def _centres(draws, b, k, h, w, device):
+    """k uniform box centres per image (B,k,2: x, y) in pixels (scaled by Python numbers: no host copy)."""
+    u = draws.uniform(b, k, 2).to(device)
+    return torch.stack([u[..., 0] * w, u[..., 1] * h], -1)
+
+
 def _partner(draws, b, device):
     """A random permutation of the batch (its partner images), from the run's draws."""
     return draws.uniform(b).to(device).argsort()
@@ -27,7 +33,7 @@ def _partner(draws, b, device):
 def cutout_holes(x, draws, holes=5):
     """T_CO: `holes` boxes per image at uniform centres, filled with the mean colour."""
     b, _, h, w = x.shape
-    centre = draws.uniform(b, holes, 2).to(x.device) * torch.tensor([w, h], device=x.device)
+    centre = _centres(draws, b, holes, h, w, x.device)
     half = _half_sizes(draws, b, holes, h, x.device)
     return x.masked_fill(box_mask(centre, half, h, w).any(1, keepdim=True), 0.0)
 
@@ -35,7 +41,7 @@ def cutout_holes(x, draws, holes=5):
 def cutmix_holes(x, draws, holes=2):
     """T_CM: boxes as T_CO's, filled from the same place of another image of the batch (targets unmixed)."""
     b, _, h, w = x.shape
-    centre = draws.uniform(b, holes, 2).to(x.device) * torch.tensor([w, h], device=x.device)
+    centre = _centres(draws, b, holes, h, w, x.device)
     half = _half_sizes(draws, b, holes, h, x.device)
     other = x[_partner(draws, b, x.device)]
     return torch.where(box_mask(centre, half, h, w).any(1, keepdim=True), other, x)
@@ -49,7 +55,7 @@ def beta(draws, alpha, candidates=16):
     x, y = u ** (1 / alpha), v ** (1 / alpha)
     ok = (x + y <= 1) & (x + y > 0)
     first = torch.argmax(ok.int())
-    return torch.where(ok.any(), x[first] / (x[first] + y[first]).clamp(min=1e-30), torch.tensor(0.5, device=u.device))
+    return torch.where(ok.any(), x[first] / (x[first] + y[first]).clamp(min=1e-30), torch.full_like(x[0], 0.5))
 
 
 def mixup(x, draws, alpha=0.2):

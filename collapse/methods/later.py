@@ -13,9 +13,9 @@ import torch
 from ..augment import warp
 from ..heatmaps import decode
 from ..occlude import PATHS, joint_cut_occlusion, occlude
-from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from ..config import ConfigError
 from ..data.batches import View
+from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from .registry import register
 
 
@@ -160,8 +160,7 @@ class SSPCM(Method):
         dist = torch.stack([(cells[a].floor() - cells[b].floor()).norm(dim=-1) for a, b in pairs])  # (4,B,J)
         which = dist.argmin(0)
         maps = torch.stack([h1, h2, p1, p2])
-        first = torch.tensor([a for a, _ in pairs], device=h1.device)[which]
-        second = torch.tensor([b for _, b in pairs], device=h1.device)[which]
+        first, second = 2 * (which % 2), 1 + 2 * (which // 2)  # the pairs' members, by arithmetic: no host copy
         pick = lambda k: maps.gather(0, k[None, ..., None, None].expand(1, *h1.shape))[0]
         return 0.5 * (pick(first) + pick(second)), which
 
