@@ -36,7 +36,15 @@ FACTORS = [  # dual vs single, one factor at a time (configs/grids/dual_vs_singl
 LATER = [  # the later recipes over the study's (MultiAugs' Table 1, COCO-1K: 49.7 and 45.5 vs 44.6 and 42.1; SSPCM 46.9)
     ("L1", "MultiAugs dual (net 0) ends above dual (net 0)", "multi_augs (dual, joco+jccm)", "dual"),
     ("L2", "MultiAugs single ends above easy->hard single", "multi_augs (single, jc+jo+joco+jccm)", "easy_hard"),
-    ("L3", "SSPCM's student ends above dual (net 0)", "sspcm", "dual")]
+    ("L3", "SSPCM's student ends above dual (net 0)", "sspcm", "dual"),
+    # why MultiAugs does or does not, one factor at a time (configs/grids/later_factors.yaml)
+    ("M1", "the occluded easy view resampled (MultiAugs' way) vs the stored crop, JC5, dual",
+     "multi_augs (dual, jc)", "dual + JC5"),
+    ("M2", "a second path (JCCM) beside JOCO, weight 1 each (doubles the unsupervised share)",
+     "multi_augs (dual, joco+jccm)", "multi_augs (dual, joco)"),
+    ("M3", "two paths at weight 0.5 each (dual's loss ratio) vs 1 each", "multi_augs (dual, joco+jccm) (w 0.5)",
+     "multi_augs (dual, joco+jccm)"),
+    ("M4", "two paths at dual's loss ratio end above dual", "multi_augs (dual, joco+jccm) (w 0.5)", "dual")]
 COLUMNS = ["claim", "statement", "runs", "setting", "seeds", "effect_AP", "low", "high", "interval",
            "effect_response", "collapsed", "verdict", "why"]
 WHY_TAU = 0.5  # the pseudo-label threshold the `why` column quotes (collapse/probes.py PL_TAUS)

@@ -173,3 +173,12 @@ def test_sspcm_filters_joints_below_the_score_and_refreshes_its_earlier_teachers
     ctx.step = 2
     m.after_step(ctx)  # step 3 done: the earlier copies become the current teachers
     assert all(torch.equal(a, b) for a, b in zip(m.earlier[0].state_dict().values(), ctx.nets[1].state_dict().values()))
+
+
+def test_labels_name_the_variant_from_a_config_or_a_results_table():
+    from analysis.results import method_label
+    assert method_label({"method.name": "multi_augs", "method.nets": 2, "method.paths": ["joco", "jccm"]}) == \
+        "multi_augs (dual, joco+jccm)"
+    assert method_label({"method.name": "multi_augs", "method.nets": 1, "method.paths": "['jc', 'jo']"}) == \
+        "multi_augs (single, jc+jo)"
+    assert method_label({"method.name": "sspcm", "method.score_filter": 0.1}) == "sspcm"

@@ -71,6 +71,8 @@ class MultiAugs(Method):
     @classmethod
     def variant(cls, s):
         paths = _get(s, "paths", ["joco", "jccm"])
+        if isinstance(paths, str):  # a results table's cell: the list as text
+            paths = [p.strip(" '\"") for p in paths.strip("[]").split(",")]
         return f" ({'dual' if int(_get(s, 'nets', 2)) == 2 else 'single'}, {'+'.join(paths)})"
 
     @property
