@@ -162,11 +162,6 @@ def run_local(runs, results, jobs=None, threads=None, gpus_per_run=1):
     """Run the pending runs in subprocesses: one per visible GPU (or per `gpus_per_run` of them, one DDP
     run across each group), or `jobs` at once on CPU (default 1) with `threads` CPU threads each (default:
     the cores divided among the jobs)."""
-    for cfg in {(r.cfg.data.root, r.cfg.data.train_split, tuple(r.cfg.data.input_size)): r.cfg for r in runs}.values():
-        try:
-            ensure_data(cfg)  # once here, not by every parallel run at the same time
-        except Exception:
-            pass  # the runs themselves will fail with the reason
     gpus = visible_gpus()
     if gpus:
         slots = gpu_slots(gpus, gpus_per_run)
@@ -176,6 +171,11 @@ def run_local(runs, results, jobs=None, threads=None, gpus_per_run=1):
         jobs = max(1, jobs or 1)
         per = threads or max(1, (os.cpu_count() or 1) // jobs)
         slots = [dict(env=None, args=["train.device=cpu", f"train.threads={per}"], options=[]) for _ in range(jobs)]
+    for cfg in {(r.cfg.data.root, r.cfg.data.train_split, tuple(r.cfg.data.input_size)): r.cfg for r in runs}.values():
+        try:
+            ensure_data(cfg)  # once here, not by every parallel run at the same time
+        except Exception:
+            pass  # the runs themselves will fail with the reason
     free = queue.Queue()
     for s in slots:
         free.put(s)

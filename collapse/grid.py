@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from . import config
 from .config import ConfigError
-from .executors import FINISHED, GridError, check_answers, run_local, run_ray
+from .executors import FINISHED, GridError, check_answers, run_local, run_ray, visible_gpus
 from .methods.registry import METHODS
 from .runs import RunDir, final_value, run_id
 
@@ -185,6 +185,8 @@ def run_grid(path, results, executor="local", scale=None, dry_run=False, retry_f
             raise GridError("the ray executor needs Ray: pip install -e .[ray]")
         if address and address != "auto":
             check_answers(address)
+    if executor == "local" and gpus_per_run > 1 and not visible_gpus():
+        raise GridError(f"--gpus-per-run {gpus_per_run}: this machine has no visible GPU")
     os.makedirs(results, exist_ok=True)
     k = 0
     for phase in ([r for r in todo if r.stage], [r for r in todo if not r.stage]):  # stages first
