@@ -44,7 +44,9 @@ LATER = [  # the later recipes over the study's (MultiAugs' Table 1, COCO-1K: 49
      "multi_augs (dual, joco+jccm)", "multi_augs (dual, joco)"),
     ("M3", "two paths at weight 0.5 each (dual's loss ratio) vs 1 each", "multi_augs (dual, joco+jccm) (w 0.5)",
      "multi_augs (dual, joco+jccm)"),
-    ("M4", "two paths at dual's loss ratio end above dual", "multi_augs (dual, joco+jccm) (w 0.5)", "dual")]
+    ("M4", "two paths at dual's loss ratio end above dual", "multi_augs (dual, joco+jccm) (w 0.5)", "dual"),
+    ("M5", "SSPCM's position-inconsistency correction vs its student taught the teachers' plain average",
+     "sspcm", "sspcm (average target)")]
 COLUMNS = ["claim", "statement", "runs", "setting", "seeds", "effect_AP", "low", "high", "interval",
            "effect_response", "collapsed", "verdict", "why"]
 WHY_TAU = 0.5  # the pseudo-label threshold the `why` column quotes (collapse/probes.py PL_TAUS)

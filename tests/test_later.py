@@ -182,3 +182,23 @@ def test_labels_name_the_variant_from_a_config_or_a_results_table():
     assert method_label({"method.name": "multi_augs", "method.nets": 1, "method.paths": "['jc', 'jo']"}) == \
         "multi_augs (single, jc+jo)"
     assert method_label({"method.name": "sspcm", "method.score_filter": 0.1}) == "sspcm"
+
+
+def test_sspcm_average_ablation_teaches_the_plain_average_without_earlier_copies(synth_root):
+    m, ctx, unl = _setup(synth_root, name="sspcm", correction="average", score_filter=-1.0)
+    calls = []
+    for net in m.earlier:
+        net.register_forward_hook(lambda mod, i, o: calls.append(1))
+    seen = []
+    original = m.target
+    m.target = lambda ctx_, heat, tv, sv: seen.append(heat) or original(ctx_, heat, tv, sv)
+    heats = []
+    hooks = [ctx.nets[i].register_forward_hook(lambda mod, i, o: heats.append(o.detach())) for i in (1, 2)]
+    terms = m.unsupervised(ctx, unl)
+    for h in hooks:
+        h.remove()
+    assert calls == [] and float(terms["stat/earlier_pair"]) == 0       # the earlier copies never ran
+    h1, h2 = heats[0].float(), heats[1].float()                         # the teachers' easy-view passes
+    assert torch.allclose(seen[0], 0.5 * (h1 + h2))                     # the student's target before transport
+    from collapse.methods.later import SSPCM
+    assert SSPCM.label({"name": "sspcm", "correction": "average"}) == "sspcm (average target)"

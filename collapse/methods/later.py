@@ -109,12 +109,15 @@ class SSPCMSettings(UnlabeledSettings):
     snapshot_every: int = 0          # steps between refreshes of the teachers' earlier copies; 0: one pass over the
                                      # unlabeled pool (the code's "previous epoch")
     snapshot_bn: str = "batch"       # the earlier copies predict with batch statistics (train mode, as released) | running
+    correction: str = "position"     # position: S's target from the closest pair across periods (SSPCM) | average:
+                                     # the current teachers' plain average (an ablation: no earlier copies)
 
     def check(self, cfg):
         super().check(cfg)
         at_least("jo_pairs", self.jo_pairs, 1)
         at_least("snapshot_every", self.snapshot_every)
         one_of("snapshot_bn", self.snapshot_bn, ("batch", "running"))
+        one_of("correction", self.correction, ("position", "average"))
 
 
 @register("sspcm")
@@ -131,6 +134,10 @@ class SSPCM(Method):
     uses_unlabeled = True
     default_sup_weight = 0.5
     order, cost = 7.5, 7.0
+
+    @classmethod
+    def variant(cls, s):
+        return " (average target)" if _get(s, "correction", "position") == "average" else ""
 
     @staticmethod
     def warm_stage(i):
@@ -170,8 +177,11 @@ class SSPCM(Method):
         tv = ctx.batches.view(unl, "easy")
         with torch.no_grad():
             h1, h2 = ctx.forward(tv.image, 1), ctx.forward(tv.image, 2)
-            p1, p2 = (ctx.run(net, tv.image, train_mode=self.cfg.snapshot_bn == "batch") for net in self.earlier)
-            target_s, which = self.corrected(h1, h2, p1, p2)
+            if self.cfg.correction == "average":
+                target_s, which = 0.5 * (h1 + h2), torch.zeros(h1.shape[:2], dtype=torch.long, device=h1.device)
+            else:
+                p1, p2 = (ctx.run(net, tv.image, train_mode=self.cfg.snapshot_bn == "batch") for net in self.earlier)
+                target_s, which = self.corrected(h1, h2, p1, p2)
         keep = (((h1.amax((2, 3)) + h2.amax((2, 3))) / 2) > self.cfg.score_filter).float()  # (B,J)
         extra = ctx.batches.views.extra(len(tv.image), tv.image.device)
         draws = ctx.batches.draws
