@@ -208,8 +208,12 @@ def joint_cutout(x, joints, count, draws):
     pick = draws.integers(0, joints.shape[1], b, count).to(x.device)
     centre = torch.gather(joints, 1, pick[..., None].expand(-1, -1, 2))
     centre = centre + draws.normal(b, count, 2).to(x.device) * 10 * k
-    half = draws.integers(10, 20, b, count, 2).to(x.device) * k
-    return x.masked_fill(box_mask(centre, half, h, w).any(1, keepdim=True), 0.0)
+    return x.masked_fill(box_mask(centre, box_half_sizes(draws, b, count, h, x.device), h, w).any(1, keepdim=True), 0.0)
+
+
+def box_half_sizes(draws, b, k, h, device):
+    """(B,k,2) box half-sizes: 10-19 px per axis at 256 rows (the papers' JC and cutout boxes), scaled to h."""
+    return draws.integers(10, 20, b, k, 2).to(device) * (h / 256)
 
 
 def box_mask(centre, half, h, w):

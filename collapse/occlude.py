@@ -10,13 +10,9 @@ never occluded) and its JO patches sit at transposed joint positions; here boxes
 to be, and joints are drawn from the 17 trained channels (not 24 with 7 untrained)."""
 import torch
 
-from .augment import box_mask, joint_cutout
+from .augment import box_half_sizes, box_mask, joint_cutout
 
 PATHS = ("jc", "jo", "co", "cm", "mu", "joco", "jccm")
-
-
-def _half_sizes(draws, b, k, h, device):
-    return draws.integers(10, 20, b, k, 2).to(device).float() * h / 256
 
 
 def _centres(draws, b, k, h, w, device):
@@ -34,7 +30,7 @@ def cutout_holes(x, draws, holes=5):
     """T_CO: `holes` boxes per image at uniform centres, filled with the mean colour."""
     b, _, h, w = x.shape
     centre = _centres(draws, b, holes, h, w, x.device)
-    half = _half_sizes(draws, b, holes, h, x.device)
+    half = box_half_sizes(draws, b, holes, h, x.device)
     return x.masked_fill(box_mask(centre, half, h, w).any(1, keepdim=True), 0.0)
 
 
@@ -42,7 +38,7 @@ def cutmix_holes(x, draws, holes=2):
     """T_CM: boxes as T_CO's, filled from the same place of another image of the batch (targets unmixed)."""
     b, _, h, w = x.shape
     centre = _centres(draws, b, holes, h, w, x.device)
-    half = _half_sizes(draws, b, holes, h, x.device)
+    half = box_half_sizes(draws, b, holes, h, x.device)
     other = x[_partner(draws, b, x.device)]
     return torch.where(box_mask(centre, half, h, w).any(1, keepdim=True), other, x)
 
@@ -79,7 +75,7 @@ def joint_cut_occlusion(x, joints, draws, pairs=2):
     pick_s = draws.integers(0, joints.shape[1], b, pairs).to(dev)
     at = torch.gather(joints, 1, pick_t[..., None].expand(-1, -1, 2)) + draws.normal(b, pairs, 2).to(dev) * 10 * k
     come = torch.gather(joints[src], 1, pick_s[..., None].expand(-1, -1, 2)) + draws.normal(b, pairs, 2).to(dev) * 10 * k
-    half = _half_sizes(draws, b, pairs, h, dev)
+    half = box_half_sizes(draws, b, pairs, h, dev)
     source = x[src]
     out = x
     rows, cols = torch.arange(h, device=dev), torch.arange(w, device=dev)

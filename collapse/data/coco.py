@@ -22,15 +22,20 @@ def image_dir(root, split):
     raise DataError(f"no image folder for split '{split}' under {root} (looked for images/{split} and {split})")
 
 
-def load_coco(path):
-    """pycocotools COCO object, with the file's problems turned into DataError."""
+def read_json(path):
+    """An annotation file's JSON; a missing file or bad JSON is one DataError."""
     if not os.path.isfile(path):
         raise DataError(f"annotation file not found: {path}")
     try:
         with open(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON: {e}")
+
+
+def load_coco(path):
+    """pycocotools COCO object, with the file's problems turned into DataError."""
+    data = read_json(path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or key not in data:
             raise DataError(f"{path} lacks the COCO key '{key}'")

@@ -16,7 +16,6 @@ AI Challenger: the original keypoint_*_annotations_*.json (`human_annotations` b
 `keypoint_annotations` 14 joints, visibility 1 visible, 2 occluded, 3 unlabeled) or the COCO-style
 conversion with 14 keypoints (COCO visibility) that mmpose distributes. Head size from head top to neck,
 as for MPII's JSON."""
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..runs import atomic_write_json
-from .coco import DataError, annotation_path
+from .coco import DataError, annotation_path, read_json
 from .skeleton import AIC_JOINTS, COCO_PERSON_CATEGORY, MPII_JOINTS, to_coco_joints
 from .store import build
 
@@ -37,16 +36,6 @@ def segment_head_size(top, neck):
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def _load_json(path):
-    if not os.path.isfile(path):
-        raise DataError(f"annotation file not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON: {e}")
-
-
 def _number_list(value, n, what, path):
     try:
         a = np.asarray(value, dtype=np.float64)
@@ -70,7 +59,7 @@ def _simplebaseline_box(center, scale):
 
 
 def read_mpii_json(path):
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path} must hold a list of persons (HRNet/mmpose MPII format)")
     people = []
@@ -124,7 +113,7 @@ def read_mpii_mat(path):
 
 
 def read_aic(path):
-    data = _load_json(path)
+    data = read_json(path)
     if isinstance(data, dict) and "annotations" in data:
         return _read_aic_coco(data, path)
     if not isinstance(data, list):

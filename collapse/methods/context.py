@@ -30,12 +30,7 @@ class Context:
     def forward(self, x, net=0, teacher=False):
         """Net `net`'s prediction of x (its teacher's with teacher=True), in float32 for the losses. Every pass
         a method makes goes through here, so compiling (train.compile) covers all of them."""
-        module = (self.teachers if teacher else self.trained)[net]
-        if self.compile:
-            if id(module) not in self._compiled:
-                self._compiled[id(module)] = torch.compile(module, mode=self.compile_mode)
-            module = self._compiled[id(module)]
-        return module(x).float()
+        return self._callable((self.teachers if teacher else self.trained)[net])(x).float()
 
     def run(self, module, x, train_mode=False):
         """A pass of a module that is not one of the run's nets (a recipe's frozen copy), compiled like the
@@ -43,13 +38,17 @@ class Context:
         was = module.training
         module.train(train_mode)
         try:
-            if self.compile:
-                if id(module) not in self._compiled:
-                    self._compiled[id(module)] = torch.compile(module, mode=self.compile_mode)
-                return self._compiled[id(module)](x).float()
-            return module(x).float()
+            return self._callable(module)(x).float()
         finally:
             module.train(was)
+
+    def _callable(self, module):
+        """The module, or with train.compile its torch.compile'd callable (made once per module)."""
+        if not self.compile:
+            return module
+        if id(module) not in self._compiled:
+            self._compiled[id(module)] = torch.compile(module, mode=self.compile_mode)
+        return self._compiled[id(module)]
 
     def save_artifact(self, name, **arrays):
         """Keep arrays (numpy) as RUN/name (.npz), written atomically; a no-op outside a run."""
