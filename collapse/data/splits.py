@@ -24,16 +24,15 @@ def ensure_data(cfg: Config, progress=False):
     elif not os.path.isdir(d.root):
         raise DataError(f"data folder not found: {d.root}")
     hw = tuple(d.input_size)
-    splits = [(d.train_split, True)] + ([(d.unlabeled_split, False)] if d.unlabeled_split else [])
-    # every annotation file is checked before any store is built, a bad one leaves nothing behind (the val
-    # split's by val_store, before it builds the first store)
+    splits = [(d.train_split, True), (d.val_split, True)] + ([(d.unlabeled_split, False)] if d.unlabeled_split else [])
+    # every annotation file is checked before any store is built: a bad one leaves nothing behind
     for split, labeled in splits:
         if not os.path.exists(os.path.join(store_path(d.root, split, hw, d.store_margin), "info.json")):
             path = annotation_path(d.root, split)
             person_instances(load_coco(path), path, labeled)
             image_dir(d.root, split)
-    val = val_store(cfg, progress)
-    stores = (build_store(d.root, d.train_split, hw, d.store_margin, progress), val)
+    train = build_store(d.root, d.train_split, hw, d.store_margin, progress)
+    stores = (train, val_store(cfg, progress))
     if d.unlabeled_split:
         stores += (build_store(d.root, d.unlabeled_split, hw, d.store_margin, progress, require_keypoints=False),)
     return stores
@@ -41,7 +40,8 @@ def ensure_data(cfg: Config, progress=False):
 
 def val_store(cfg: Config, progress=False):
     """The crop store a run is evaluated on: the val split's (ground-truth boxes), or with eval.boxes a
-    keypoint-less split of the val images holding the detections."""
+    keypoint-less split of the val images holding the detections. Its annotation file is checked here for
+    `collapse evaluate`; ensure_data has checked it already, with the others, before building any store."""
     d = cfg.data
     hw = tuple(d.input_size)
     if not os.path.exists(os.path.join(store_path(d.root, d.val_split, hw, d.store_margin), "info.json")):
