@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.skeleton import FLIP_INDEX
+from .device import host_waits
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]) * 255
@@ -175,7 +176,7 @@ def randaugment(x, draws, n_ops=2, magnitude=20):
             # skipping an op no sample picked saves work on the CPU (and keeps its random stream as it was;
             # asked of the global batch, so every DDP rank skips alike); on a GPU asking would wait for
             # the device, so every op runs
-            if x.device.type != "cpu" or (every_choice == k).any():
+            if host_waits(x.device) or (every_choice == k).any():
                 out = torch.where(pick, op(x), out)
         x = out
     return x.clamp(0, 255)

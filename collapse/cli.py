@@ -54,13 +54,14 @@ def _print_final(manifest):
 
 def cmd_train(args):
     from . import distributed
+    from .device import resolve_device
     from .runs import RunDir
     from .train import train
     cfg = config.load(args.config, args.overrides)  # checked here, before any process starts
     out = args.out or _default_out(cfg)
     distributed.local_batches(cfg.train, args.nproc)  # the global batch divides among the processes
     if args.nproc > 1:
-        distributed.launch(args.nproc, train, cfg, out, not args.quiet)
+        distributed.launch(args.nproc, resolve_device(cfg.train.device), train, cfg, out, not args.quiet)
         manifest = RunDir(out).manifest()
     else:
         manifest = train(cfg, out, progress=not args.quiet)

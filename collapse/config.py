@@ -86,6 +86,7 @@ class TrainConfig:
                                      # in a warm-started grid one supervised stage) instead of one each
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads (0 = torch's default)
+    dist_timeout_s: int = 1800       # DDP: the longest any rank waits in a collective (rank 0's evaluation included)
     compile: bool = False            # every pass of a step through torch.compile (ctx.forward)
     compile_mode: str = "default"    # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     precision: str = "auto"          # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
@@ -224,6 +225,7 @@ def validate(cfg: Config):
         raise ConfigError("config key 'data.heatmap_stride' must divide both sides of data.input_size")
     for key, value in (("train.steps", t.steps), ("train.batch_labeled", t.batch_labeled),
                        ("train.eval_every", t.eval_every), ("train.log_every", t.log_every),
+                       ("train.dist_timeout_s", t.dist_timeout_s),
                        ("data.sigma", d.sigma), ("train.lr", t.lr)):
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")

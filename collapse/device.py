@@ -17,6 +17,16 @@ def resolve_device(name):
         raise DeviceError(f"unknown device '{name}'")
 
 
+_GPU_PATHS = False  # set by collapse.cuda_rules.gpu_paths(): CPU code takes the paths it takes on a GPU
+
+
+def host_waits(device):
+    """Whether asking a tensor on `device` a question (bool, item, nonzero) makes the host wait for the
+    device: on any accelerator, not on the CPU. Code that asks only where it costs nothing branches on
+    this; the suite audits the GPU branch on the CPU (collapse.cuda_rules.gpu_paths)."""
+    return _GPU_PATHS or torch.device(device).type != "cpu"
+
+
 def cpu_has_bf16():
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is faster."""
     try:
@@ -58,6 +68,8 @@ class Stopwatch:
             self.seconds += time.perf_counter() - self.t0
 
     def read(self):
+        if self.pending:  # CUDA raises on elapsed_time of an event not yet complete; one stream's events
+            self.pending[-1][1].synchronize()  # complete in order, so waiting for the last one is enough
         seconds = self.seconds + sum(a.elapsed_time(b) for a, b in self.pending) / 1000
         self.pending, self.seconds = [], 0.0
         return seconds

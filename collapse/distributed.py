@@ -10,6 +10,8 @@ What the ranks share and what only rank 0 does is the Trainer's business (collap
 holds the pieces: who this process is, joining and leaving the group, the launcher, and the few
 collectives a step needs (buffers made equal, loss sums averaged, a decision broadcast)."""
 import ctypes
+import datetime
+import io
 import os
 import signal
 import socket
@@ -46,17 +48,43 @@ def local_batches(train, size):
 
 
 def from_env():
-    """This process's place, as a launcher (torchrun, or --nproc) described it; one process otherwise."""
+    """This process's place, as a launcher (torchrun, --nproc, SLURM via torchrun) described it; one process
+    otherwise. Its rank on its own machine comes from LOCAL_RANK, or RANK mod LOCAL_WORLD_SIZE: RANK alone
+    is wrong on any machine but the first, so a launcher that gives neither is refused."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
-    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+    rank = int(os.environ["RANK"])
+    if "LOCAL_RANK" in os.environ:
+        return World(rank, size, int(os.environ["LOCAL_RANK"]))
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return World(rank, size, rank % int(os.environ["LOCAL_WORLD_SIZE"]))
+    raise ConfigError("a run of several processes needs LOCAL_RANK (or LOCAL_WORLD_SIZE) from its launcher "
+                      "(torchrun sets both)")
 
 
-def join(world, device):
+def rank_device(world, device):
+    """The device of this rank: train.device's type, and on CUDA the GPU local_rank mod the GPUs this process
+    sees (a launcher that gives each process one visible GPU, as SLURM and Kubernetes do, gives cuda:0)."""
+    if device.type != "cuda" or world.size == 1:
+        return device
+    return torch.device("cuda", world.local_rank % torch.cuda.device_count())
+
+
+def join(world, device, timeout_s=1800):
+    """Join the process group. `timeout_s` (train.dist_timeout_s) bounds every collective, the barrier
+    where ranks wait for rank 0's evaluation included: longer than the longest evaluation."""
     if world.size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
-                                world_size=world.size, device_id=device if device.type == "cuda" else None)
+                                world_size=world.size, device_id=device if device.type == "cuda" else None,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def barrier(world):
+    """Every rank waits here until all arrive (after rank 0's evaluation, probes and writes), so the others
+    wait in a barrier of train.dist_timeout_s, not inside the next step's collectives."""
+    if world.size > 1:
+        dist.barrier()
 
 
 def leave():
@@ -90,6 +118,17 @@ def mean_over_ranks(values):
     return dict(zip(names, flat / dist.get_world_size()))
 
 
+def checkpoint_from_main(path, device):
+    """Rank 0's checkpoint (None where rank 0 has none), loaded on every rank: rank 0 decides whether and from
+    which step a run resumes, whatever the other ranks' disks hold (no shared filesystem needed)."""
+    blob = [None]
+    if dist.get_rank() == 0 and os.path.exists(path):
+        with open(path, "rb") as f:
+            blob = [f.read()]
+    dist.broadcast_object_list(blob, 0, device=device if device.type == "cuda" else None)
+    return None if blob[0] is None else torch.load(io.BytesIO(blob[0]), map_location=device, weights_only=False)
+
+
 def from_main(value, device):
     """An integer (or None) decided on rank 0, the same on every rank."""
     t = torch.tensor([-1 if value is None else value], device=device)
@@ -115,9 +154,11 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 class CrossRankBatchNorm(nn.BatchNorm2d):
-    """Synchronised BatchNorm where torch's SyncBatchNorm cannot run (it needs a GPU): batch statistics
-    of the global batch, summed over ranks with a differentiable all-reduce. Running statistics as
-    BatchNorm2d keeps them (unbiased variance, momentum)."""
+    """Synchronised BatchNorm on every device: batch statistics of the global batch, summed over ranks with a
+    differentiable all-reduce (one per layer forward, one backward). Running statistics as BatchNorm2d
+    keeps them (unbiased variance, momentum). Used on CUDA too, in place of torch's SyncBatchNorm, whose
+    forward indexes by a boolean mask in every layer (the host waits for the device) and which cannot run
+    on the CPU; the price is an unfused normalisation in float32."""
 
     def forward(self, x):
         if not self.training:
@@ -138,10 +179,8 @@ class CrossRankBatchNorm(nn.BatchNorm2d):
         return y.to(x.dtype)
 
 
-def sync_batchnorm(net, device):
+def sync_batchnorm(net):
     """model.sync_bn: every BatchNorm of `net` computes its statistics over the global batch."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
     for name, child in net.named_children():
         if type(child) is nn.BatchNorm2d:
             new = CrossRankBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
@@ -149,7 +188,7 @@ def sync_batchnorm(net, device):
             new.load_state_dict(child.state_dict())
             setattr(net, name, new)
         else:
-            sync_batchnorm(child, device)
+            sync_batchnorm(child)
     return net
 
 
@@ -175,7 +214,7 @@ def _entry(rank, size, port, parent, target, args):
     die_with_parent()  # a killed launcher takes its ranks with it: no orphan goes on writing the run folder
     if os.getppid() != parent:  # it died before we asked
         sys.exit(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
         target(*args)
@@ -191,10 +230,16 @@ def _entry(rank, size, port, parent, target, args):
         leave()
 
 
-def launch(nproc, target, *args):
-    """target(*args) in `nproc` processes on this machine; a process that fails ends the others."""
-    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+def check_nproc(nproc, device):
+    """--nproc N: one GPU per process on CUDA; on the CPU any number, whatever GPUs the machine has."""
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ConfigError(f"--nproc {nproc} asks for more processes than the {torch.cuda.device_count()} visible GPUs")
+
+
+def launch(nproc, device, target, *args):
+    """target(*args) in `nproc` processes on this machine (on `device`, the run's); a process that fails
+    ends the others."""
+    check_nproc(nproc, device)
     import torch.multiprocessing as mp
     try:
         mp.start_processes(_entry, (nproc, free_port(), os.getpid(), target, args), nprocs=nproc, join=True, start_method="spawn")

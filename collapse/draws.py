@@ -49,4 +49,5 @@ class Draws:
         return self.gen.get_state()
 
     def set_state(self, state):
-        self.gen.set_state(state.cpu())  # generator states are CPU tensors (a checkpoint's map_location moves them)
+        # generator states are host tensors (a checkpoint's map_location may have moved one)
+        self.gen.set_state(state if state.device.type == "cpu" else state.cpu())

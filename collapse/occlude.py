@@ -50,8 +50,9 @@ def beta(draws, alpha, candidates=16):
     u, v = draws.uniform(candidates, whole=True), draws.uniform(candidates, whole=True)  # one per batch, every rank alike
     x, y = u ** (1 / alpha), v ** (1 / alpha)
     ok = (x + y <= 1) & (x + y > 0)
-    first = torch.argmax(ok.int())
-    return torch.where(ok.any(), x[first] / (x[first] + y[first]).clamp(min=1e-30), torch.full_like(x[0], 0.5))
+    first = torch.argmax(ok.int()).view(1)  # gathered, not indexed: x[t] with a 0-dim tensor t reads t on the host
+    xf, yf = x.gather(0, first)[0], y.gather(0, first)[0]
+    return torch.where(ok.any(), xf / (xf + yf).clamp(min=1e-30), torch.full_like(x[0], 0.5))
 
 
 def mixup(x, draws, alpha=0.2):

@@ -62,7 +62,8 @@ def atomic_torch_save(path, obj):
 
 # how a run is executed, not what it computes: these keys never change a run's identity (so a run resumes on
 # another device, with more threads or another checkpoint period), and never make another setting in analysis
-EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every", "train.tensorboard")
+EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every", "train.tensorboard",
+             "train.dist_timeout_s")
 
 
 # keys added after runs were first named by their configs: at these values a key leaves a run's id as it was

@@ -70,22 +70,17 @@ class Trainer:
         t = cfg.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device)
+        self.device = start(self.world, t)
         self.local_batches = distributed.local_batches(t, self.world.size)
-        if self.world.size > 1:
-            if self.device.type == "cuda":  # a GPU per process
-                self.device = torch.device("cuda", self.world.local_rank)
-                torch.cuda.set_device(self.device)
-            distributed.join(self.world, self.device)
         self.method = build_method(cfg.method)
-        self.bf16 = use_bf16(t.precision, self.device)  # losses stay float32: predictions are cast up
+        self.bf16 = use_bf16(t.precision, self.device)  # autocast around network passes only (Context._pass)
         torch.manual_seed(t.seed)
         # channels_last on every device: oneDNN (CPU) and cuDNN both run NHWC convolutions faster;
         # built before any data work, so a bad model name costs nothing
         self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(
             self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
         if cfg.model.sync_bn and self.world.size > 1:
-            self.nets = [distributed.sync_batchnorm(n, self.device) for n in self.nets]
+            self.nets = [distributed.sync_batchnorm(n) for n in self.nets]
         train_store, val_store, *pool_store = ensure_data(cfg, self.progress)
         pool_store = pool_store[0] if pool_store else train_store
         lab, unl = split_rows(cfg, len(train_store), len(pool_store) if cfg.data.unlabeled_split else None)
@@ -115,7 +110,7 @@ class Trainer:
             n, broadcast_buffers=False) for n in self.nets]
         epoch = max(1, len(self.batches.unlabeled_pool) // t.batch_unlabeled) if self.batches.unlabeled_pool else 1
         self.ctx = Context(self.nets, self.batches, trained=trained, steps=t.steps, epoch=epoch, compile=t.compile,
-                           compile_mode=t.compile_mode, on_artifact=self.save_artifact, on_restart=self.reset_net)
+                           compile_mode=t.compile_mode, bf16=self.bf16, on_artifact=self.save_artifact, on_restart=self.reset_net)
         self.method.setup(self.ctx)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
         self.prober = Prober(self.batches, {"unlabeled": self.batches.unlabeled_pool, "val": self.val.pool},
@@ -195,6 +190,9 @@ class Trainer:
                 bar.set_postfix(AP=f"{self.latest.get('AP', float('nan')):.3f}")
             elif self.due(t.checkpoint_every):
                 self.save()
+            else:
+                continue
+            distributed.barrier(self.world)  # the other ranks wait here for rank 0's evaluation and writes
         bar.close()
         return self.finish(collapsed)
 
@@ -202,8 +200,13 @@ class Trainer:
         """Resume from the run's checkpoint if it has one; mark the run running; at step 0 the first probe
         and, for a warm start, an evaluation (where the run begins: its source's final AP)."""
         cfg = self.cfg
-        if os.path.exists(self.run.file("checkpoint.pt")):
-            self.load_state(torch.load(self.run.file("checkpoint.pt"), map_location=self.device, weights_only=False))
+        path = self.run.file("checkpoint.pt")
+        if self.world.size > 1:  # rank 0's checkpoint decides for every rank, whatever their disks hold
+            state = distributed.checkpoint_from_main(path, self.device)
+        else:
+            state = torch.load(path, map_location=self.device, weights_only=False) if os.path.exists(path) else None
+        if state is not None:
+            self.load_state(state)
         resolved = cfg.to_dict()
         if self.world.main:
             self.run.write_config(resolved)
@@ -227,8 +230,7 @@ class Trainer:
         unl = self.batches.unlabeled(n_unl) if m.uses_unlabeled else None
         self.data_clock.stop()
         self.ctx.step = self.step
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-            terms = m.losses(self.ctx, lab, unl)
+        terms = m.losses(self.ctx, lab, unl)  # float32 but for the passes (bf16 autocast in ctx.forward)
         loss = sum(v for k, v in terms.items() if is_loss(k))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -351,21 +353,37 @@ class Trainer:
                         seconds_per_step=train_time / max(self.step, 1)))
 
 
+def start(world, t):
+    """This process's device (train.device; under DDP, its rank's GPU) and, for several processes, the
+    process group joined."""
+    device = distributed.rank_device(world, resolve_device(t.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    distributed.join(world, device, t.dist_timeout_s)
+    return device
+
+
 def train(cfg: Config, out, progress=True):
-    """Train one run into folder `out`; resumes from its checkpoint; returns the manifest."""
+    """Train one run into folder `out`; resumes from its checkpoint; returns the manifest. Under DDP rank 0's
+    folder decides (finished, another run's, or go on) for every rank."""
+    world = distributed.from_env()
     m = runs.RunDir(out).manifest()
     rid = runs.run_id(cfg.to_dict())
-    if m.get("run_id") not in (None, rid):
-        raise ConfigError(f"{out} holds run {m['run_id']} of another config (this one is {rid}): "
-                          "choose another --out")
-    if m.get("status") in ("done", "collapsed"):
-        return m
+    verdict = 2 if m.get("run_id") not in (None, rid) else 1 if m.get("status") in ("done", "collapsed") else 0
     try:
-        return Trainer(cfg, out, progress).fit()
-    except Exception as e:
-        run = runs.RunDir(out)
-        if distributed.from_env().main and os.path.exists(run.file("manifest.json")):  # a started run: say why it ended
-            run.update_manifest(status="failed", reason=f"{type(e).__name__}: {e}"[:500])
-        raise
+        if world.size > 1:
+            verdict = distributed.from_main(verdict, start(world, cfg.train))
+        if verdict == 2:
+            raise ConfigError(f"{out} holds run {m.get('run_id')} of another config (this one is {rid}): "
+                              "choose another --out")
+        if verdict == 1:
+            return m
+        try:
+            return Trainer(cfg, out, progress).fit()
+        except Exception as e:
+            run = runs.RunDir(out)
+            if world.main and os.path.exists(run.file("manifest.json")):  # a started run: say why it ended
+                run.update_manifest(status="failed", reason=f"{type(e).__name__}: {e}"[:500])
+            raise
     finally:
         distributed.leave()

@@ -2,6 +2,7 @@
 identical, rank 0 alone writing, a kill and a resume, torchrun and --nproc as one code path."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 
 from collapse import config, distributed
 from collapse.methods import is_loss
-from collapse.train import Trainer
+from collapse.train import Trainer, train
 from conftest import REPO
 
 # an EMA teacher (its buffers must stay equal across ranks), RandAugment's and joint cutout's draws (the
@@ -51,6 +52,11 @@ def _train_and_keep_ranks(root, out, dump):
     distributed.leave()
 
 
+def _train_in_own_folder(root, base):
+    """Every rank in a folder of its own (as on machines without a shared filesystem): base + rank."""
+    train(_cfg(root, "train.dist_timeout_s=120"), f"{base}{distributed.from_env().rank}", progress=False)
+
+
 def _cli(root, out, *extra):
     return [sys.executable, "-m", "collapse", "train", "configs/demo.yaml", f"data.root={root}", *RUN, *extra,
             "--out", out, "--quiet"]
@@ -76,7 +82,7 @@ def test_two_processes_compute_the_global_batch_gradient(synth_root, tmp_path):
     1e-5 for supervised and dual's net 0, 2e-4 for dual's net 1)."""
     for method in ("supervised", "dual"):
         one, two = str(tmp_path / f"{method}-1.pt"), str(tmp_path / f"{method}-2.pt")
-        distributed.launch(2, _first_step_gradients, synth_root, method, two)
+        distributed.launch(2, torch.device("cpu"), _first_step_gradients, synth_root, method, two)
         _first_step_gradients(synth_root, method, one)
         a, b = torch.load(one), torch.load(two)
         for net_a, net_b in zip(a, b):
@@ -87,7 +93,7 @@ def test_two_processes_compute_the_global_batch_gradient(synth_root, tmp_path):
 
 def test_a_two_process_run_keeps_its_ranks_identical_and_resumes_exactly_after_a_kill(synth_root, tmp_path):
     ref, dump = str(tmp_path / "ref"), str(tmp_path / "rank")
-    distributed.launch(2, _train_and_keep_ranks, synth_root, ref, dump)
+    distributed.launch(2, torch.device("cpu"), _train_and_keep_ranks, synth_root, ref, dump)
     r0, r1 = torch.load(dump + "0.pt", weights_only=False), torch.load(dump + "1.pt", weights_only=False)
     for part in ("nets", "teachers"):  # weights, BatchNorm statistics and the EMA teacher: one model
         for a, b in zip(r0[part], r1[part]):
@@ -114,6 +120,11 @@ def test_a_two_process_run_keeps_its_ranks_identical_and_resumes_exactly_after_a
     time.sleep(0.5)
     assert _checkpoint_step(out) == at, "the ranks died with their launcher"
     assert json.load(open(os.path.join(out, "manifest.json")))["status"] == "running"
+    # no shared filesystem: rank 0's folder holds the killed run, rank 1's nothing; rank 0 decides to resume
+    # from its step and every rank takes its checkpoint (else ranks at different steps: a hang, or other numbers)
+    shutil.copytree(out, str(tmp_path / "own0"))
+    distributed.launch(2, torch.device("cpu"), _train_in_own_folder, synth_root, str(tmp_path / "own"))
+    assert not os.path.exists(str(tmp_path / "own1" / "checkpoint.pt"))
     done = subprocess.run(_cli(synth_root, out, "--nproc", "2"), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     # torchrun: the same code path from another launcher
@@ -122,7 +133,7 @@ def test_a_two_process_run_keeps_its_ranks_identical_and_resumes_exactly_after_a
            *_cli(synth_root, launched)[3:]]
     ran = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr[-2000:]
-    for folder in (out, launched):
+    for folder in (out, launched, str(tmp_path / "own0")):
         metrics, probes = _results(folder)
         pd.testing.assert_frame_equal(metrics, ref_metrics)   # every loss, AP and probe exactly
         pd.testing.assert_frame_equal(probes, ref_probes)
@@ -149,3 +160,28 @@ def test_a_grid_deals_its_gpus_out_to_ddp_runs():
     assert [s["options"] for s in gpu_slots(["3", "5"], 1)] == [[], []]
     with pytest.raises(GridError, match="does not fit"):
         gpu_slots(["0"], 2)
+
+
+def test_a_cluster_launcher_places_each_rank(monkeypatch):
+    """LOCAL_RANK (or RANK mod LOCAL_WORLD_SIZE) places a rank on its machine; RANK alone is refused (wrong on a
+    second node); a process that sees one GPU uses cuda:0; train.device=cpu is honoured; --nproc on the CPU
+    is not bounded by the GPU count."""
+    for k in ("LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(config.ConfigError, match="LOCAL_RANK"):
+        distributed.from_env()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert distributed.from_env() == distributed.World(5, 8, 1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    world = distributed.from_env()
+    assert world == distributed.World(5, 8, 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # SLURM / Kubernetes: one visible GPU per process
+    assert distributed.rank_device(world, torch.device("cuda")) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert distributed.rank_device(world, torch.device("cuda")) == torch.device("cuda", 3)
+    assert distributed.rank_device(world, torch.device("cpu")) == torch.device("cpu")
+    distributed.check_nproc(8, torch.device("cpu"))
+    with pytest.raises(config.ConfigError, match="visible GPUs"):
+        distributed.check_nproc(8, torch.device("cuda"))

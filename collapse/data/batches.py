@@ -31,12 +31,23 @@ class Batches:
         self.stride = cfg.data.heatmap_stride
         self.heatmap_hw = (self.input_hw[0] // self.stride, self.input_hw[1] // self.stride)
         self.views = ViewMaker(cfg.augment, self.input_hw, draws)
-        self.unlabeled_subset = None  # pool rows to sample unlabeled crops from (None: all), on the draws' device; set by staged methods
+        self._subset = None
         # a pool read from its memory map draws its rows ahead, from a generator of its own (seeded by the
         # run and the pool) so its thread can run ahead of the step's draws
         self.read_ahead = {name: ReadAhead(pool, Draws.seeded(cfg.train.seed * 1_000_003 + k + 1, "cpu", draws.rank, draws.world))
                            for k, (name, pool) in enumerate([("labeled", labeled), ("unlabeled", unlabeled)])
                            if pool is not None and not pool.resident}
+
+    @property
+    def unlabeled_subset(self):
+        """Pool rows to sample unlabeled crops from (None: all), on the draws' device; set by staged methods."""
+        return self._subset
+
+    @unlabeled_subset.setter
+    def unlabeled_subset(self, subset):
+        self._subset = subset
+        if "unlabeled" in self.read_ahead:  # its host copy is made now, at the stage change, not in a later step
+            self.read_ahead["unlabeled"].use_subset(subset)
 
     def _sample(self, name, pool, n, subset=None):
         """n rows of a pool (drawn from `subset`'s positions when given) -> (uint8 crops, keypoints,

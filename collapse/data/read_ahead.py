@@ -28,8 +28,10 @@ class ReadAhead:
     def next(self, n, subset=None):
         """The next batch of n rows (drawn from `subset`, positions in the pool, when given):
         (uint8 crops (n,Hs,Ws,3), keypoints (n,J,3), positions (n,)) on the device."""
-        if self.thread is None or n != self.n or subset is not self.subset:
-            self._restart(n, subset)
+        if subset is not self.subset:
+            self.use_subset(subset)
+        if self.thread is None or n != self.n:
+            self._restart(n)
         item = self.queue.get()
         if isinstance(item, BaseException):
             self.thread = None
@@ -42,6 +44,12 @@ class ReadAhead:
             idx.record_stream(stream)
         self.handed_out = state
         return crops, self.pool.keypoints[idx], idx
+
+    def use_subset(self, subset):
+        """Draw rows from `subset` (positions in the pool, on any device; None: all) from now on. Its host
+        copy waits for the device: done once per change of subset (a staged recipe's stage change)."""
+        self.stop()
+        self.subset, self.host_subset = subset, None if subset is None else subset.cpu()
 
     def state_dict(self):
         return self.handed_out
@@ -63,11 +71,9 @@ class ReadAhead:
         self.thread = None
 
     # -- the producer (a background thread) ----------------------------------------------------
-    def _restart(self, n, subset):
+    def _restart(self, n):
         self.stop()
-        if subset is not self.subset:
-            self.host_subset = None if subset is None else subset.cpu()  # once per change of subset
-        self.n, self.subset = n, subset
+        self.n = n
         self.draws.set_state(self.handed_out)
         self.queue, self.stopping = queue.Queue(self.depth), threading.Event()
         self.thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)

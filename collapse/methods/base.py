@@ -140,6 +140,11 @@ class Method:
     def after_step(self, ctx):
         pass
 
+    def stage_steps(self):
+        """The step counts after which after_step changes the recipe's stage (labels a pool, restarts a
+        net): the only steps allowed to wait for the device (README, 'What may wait')."""
+        return ()
+
     def state_dict(self):
         """What a staged recipe must carry across a checkpoint (pseudo-labels, stage...)."""
         return {}

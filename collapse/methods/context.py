@@ -1,6 +1,12 @@
 """What a method sees of a run: its networks (and their teachers), the batch maker, the step, and three
 doors out: `forward` (every pass a method makes), `save_artifact` (files a recipe leaves in the run
-folder) and `restart` (a fresh student). Nothing else of the trainer is reachable from a method."""
+folder) and `restart` (a fresh student). Nothing else of the trainer is reachable from a method.
+
+Mixed precision lives here and nowhere else: a network pass runs under bf16 autocast (train.precision),
+everything around it (view matrices, their inverses, point transforms, targets, masks, loss reductions)
+in float32 on every device. CUDA's autocast has no float32 rule for linalg ops (the CPU's has), so
+geometry computed under autocast would reach a bf16 inverse there, which CUDA refuses; and bf16 view
+matrices at 256x192 move points by up to ~3.6 px."""
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +23,7 @@ class Context:
     epoch: int = 1                   # steps in one pass over the unlabeled pool (the papers' epoch)
     compile: bool = False            # train.compile: passes go through torch.compile'd callables ...
     compile_mode: str = "default"    # ... of this mode (train.compile_mode)
+    bf16: bool = False               # network passes under bf16 autocast (their outputs cast back to float32)
     on_artifact: object = None       # (name, {array name: numpy array}) -> writes RUN/name; None: not kept
     on_restart: object = None        # (net index) -> re-initialise that net with a fresh optimizer state
     _compiled: dict = field(default_factory=dict, repr=False)
@@ -30,7 +37,7 @@ class Context:
     def forward(self, x, net=0, teacher=False):
         """Net `net`'s prediction of x (its teacher's with teacher=True), in float32 for the losses. Every pass
         a method makes goes through here, so compiling (train.compile) covers all of them."""
-        return self._callable((self.teachers if teacher else self.trained)[net])(x).float()
+        return self._pass((self.teachers if teacher else self.trained)[net], x)
 
     def run(self, module, x, train_mode=False):
         """A pass of a module that is not one of the run's nets (a recipe's frozen copy), compiled like the
@@ -38,9 +45,15 @@ class Context:
         was = module.training
         module.train(train_mode)
         try:
-            return self._callable(module)(x).float()
+            return self._pass(module, x)
         finally:
             module.train(was)
+
+    def _pass(self, module, x):
+        """A network pass: the only code of a step under autocast; its output in float32."""
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
+            out = self._callable(module)(x)
+        return out.float()
 
     def _callable(self, module):
         """The module, or with train.compile its torch.compile'd callable (made once per module)."""

@@ -120,6 +120,9 @@ class PseudoLabelBase(Method):
     def photometric(self, ctx):
         return None
 
+    def stage_steps(self):
+        return (self.boundary,)
+
     def unsupervised(self, ctx, unl):
         if self.labels is None:
             return {}  # the supervised (teacher) stage
@@ -191,6 +194,9 @@ class SelfTraining(PseudoLabelBase):
 
     def photometric(self, ctx):
         return lambda crops: strong_photometric(crops, ctx.batches.draws)
+
+    def stage_steps(self):
+        return (self.boundary, self.second) if self.cfg.st_plus else (self.boundary,)
 
     def after_step(self, ctx):
         done = ctx.step + 1
