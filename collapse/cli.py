@@ -100,6 +100,15 @@ def cmd_bench(args):
         bench(cfg, args.steps, args.batches, args.workers, args.rounds, args.decode)
 
 
+def cmd_gpu_check(args):
+    from .gpu_check import gpu_check
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out} is a file, not a folder for the report")
+    report = gpu_check(args.out)
+    if not report["ok"]:
+        raise RunFailure(f"some checks failed: {os.path.join(args.out, 'gpu_check.md')}")
+
+
 def parser():
     p = argparse.ArgumentParser(prog="collapse", description="Semi-supervised heatmap pose estimation: "
                                 "why consistency training collapses, and what prevents it.")
@@ -198,6 +207,16 @@ def parser():
     be.add_argument("--memmap", action="store_true", help="instead: ms/step with the store resident on the device and "
                     "read ahead from its memory map (data.resident_gb=0), alternating rounds, as a ratio")
     be.set_defaults(func=cmd_bench)
+
+    gc = sub.add_parser("gpu-check", help="the one command a GPU host runs: CUDA's rules, CUDA vs CPU numbers, speed",
+                        description="On any machine: every method's training step audited against CUDA's rules on "
+                        "the CPU (no host waits, no low-precision geometry; bf16 geometry bit-equal to float32's). "
+                        "With a GPU also: every step under torch.cuda.set_sync_debug_mode('error'), a CUDA step "
+                        "against a CPU step (losses, gradients), pytest -m cuda, bench of R18 dual 256x192 32+32 "
+                        "(eager, compiled, memory map; MFU; the COCO-1K schedule's time) and a 2-GPU DDP run where "
+                        "two GPUs are visible. Writes OUT/gpu_check.json and OUT/gpu_check.md, listing what is owed.")
+    gc.add_argument("--out", default="results/gpu_check", help="folder for the report (default results/gpu_check)")
+    gc.set_defaults(func=cmd_gpu_check)
 
     for plugin in entry_points(group="collapse.commands"):  # analysis: demo, figures, report, claims, toy
         plugin.load()(sub)

@@ -237,3 +237,48 @@ def audit(data_root, out_dir, variants=None, precision="bf16", echo=None):
         if echo:
             echo(f"  {v:32s} {len(syncs)} waits, {len(low)} low-precision geometry sites")
     return report
+
+
+# -- bf16 changes the passes, not the geometry ---------------------------------------------------------
+GEOMETRY_OPS = {aten.affine_grid_generator.default, aten.linalg_inv_ex.default}
+
+
+def _keep_calls(batches, name, into, part):
+    """Keep part(output) of every call of batches.<name> in `into`."""
+    real = getattr(batches, name)
+
+    def kept(*args):
+        out = real(*args)
+        into.append(part(out))
+        return out
+    setattr(batches, name, kept)
+
+
+def step_geometry(data_root, out_dir, variant, precision, steps=3):
+    """A fresh run's first `steps` steps in `precision` -> {part: [tensors]}: the view matrices' inverses and
+    the sampling grids (every affine_grid), the labeled targets and weights, the field masks."""
+    from .train import Trainer
+    tr = Trainer(variant_config(data_root, variant, f"train.precision={precision}"),
+                 os.path.join(out_dir, f"{variant.replace('/', '_')}-{precision}"), progress=False)
+    seen = {"geometry": [], "targets": [], "fields": []}
+    _keep_calls(tr.batches, "targets", seen["targets"], lambda out: out)
+    _keep_calls(tr.batches, "transport", seen["fields"], lambda out: out[1])
+    _keep_calls(tr.batches, "field", seen["fields"], lambda out: out)
+    try:
+        for _ in range(steps):
+            with Recorder(keep=GEOMETRY_OPS) as r:
+                tr.train_step()
+            seen["geometry"] += r.kept
+    finally:
+        tr.batches.close()
+    flat = lambda xs: [t for x in xs for t in (x if isinstance(x, (tuple, list)) else [x])]
+    return {k: flat(v) for k, v in seen.items()}, tr.bf16
+
+
+def geometry_across_precisions(data_root, out_dir, variant, steps=3):
+    """Same seed, same weights, bf16 against float32 -> {part: (tensors compared, all bit-equal and float32)}."""
+    (a, bf16_a), (b, bf16_b) = (step_geometry(data_root, out_dir, variant, p, steps) for p in ("fp32", "bf16"))
+    assert not bf16_a and bf16_b
+    return {part: (len(a[part]), len(a[part]) == len(b[part]) and all(
+        u.dtype == v.dtype and u.dtype in (torch.float32, torch.int32) and torch.equal(u, v)
+        for u, v in zip(a[part], b[part]))) for part in a}

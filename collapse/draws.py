@@ -9,8 +9,11 @@ import torch
 
 
 class Draws:
-    def __init__(self, generator: torch.Generator, rank=0, world=1):
+    def __init__(self, generator: torch.Generator, rank=0, world=1, device=None):
+        """device: where the numbers are used, when not where the generator draws them (a host generator
+        feeding a GPU run: the same numbers as a CPU run, for `collapse gpu-check`'s CUDA-vs-CPU check)."""
         self.gen, self.rank, self.world = generator, rank, world
+        self.out = torch.device(device) if device is not None else generator.device
 
     @classmethod
     def seeded(cls, seed, device="cpu", rank=0, world=1):
@@ -18,7 +21,7 @@ class Draws:
 
     @property
     def device(self):
-        return self.gen.device
+        return self.out
 
     def share(self, t, dim=0):
         """This rank's part of a tensor drawn for the global batch along `dim`."""
@@ -31,18 +34,20 @@ class Draws:
         shape = list(shape)
         shape[dim] *= self.world
         t = make(shape)
+        if self.out != self.gen.device:
+            t = t.to(self.out)
         return t if whole else self.share(t, dim)
 
     def uniform(self, *shape, dim=0, whole=False):
         """U[0, 1) of `shape`, whose axis `dim` is this rank's batch (whole=True: the global batch's draw)."""
-        return self._draw(lambda s: torch.rand(s, generator=self.gen, device=self.device), shape, dim, whole)
+        return self._draw(lambda s: torch.rand(s, generator=self.gen, device=self.gen.device), shape, dim, whole)
 
     def normal(self, *shape, dim=0, whole=False):
-        return self._draw(lambda s: torch.randn(s, generator=self.gen, device=self.device), shape, dim, whole)
+        return self._draw(lambda s: torch.randn(s, generator=self.gen, device=self.gen.device), shape, dim, whole)
 
     def integers(self, low, high, *shape, dim=0, whole=False):
         """Integers in [low, high)."""
-        return self._draw(lambda s: torch.randint(low, high, s, generator=self.gen, device=self.device),
+        return self._draw(lambda s: torch.randint(low, high, s, generator=self.gen, device=self.gen.device),
                           shape, dim, whole)
 
     def get_state(self):

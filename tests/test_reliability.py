@@ -190,6 +190,11 @@ def _all_anns(key, value):
 
 TRAIN = ["train", "configs/demo.yaml"]
 COCO = ["data.source=coco", "data.labeled=2", "model.width=8", "train.steps=2"]
+def _touch(path):
+    path.write_text("")
+    return path
+
+
 BAD = [  # (name, make(tmp_path, synth_root) -> argv, expected text in the message)
     ("unknown config key", lambda t, s: [*TRAIN, "train.stepz=1"], "unknown config key 'train.stepz'"),
     ("mistyped value", lambda t, s: [*TRAIN, "train.steps=many"], "'train.steps' must be int"),
@@ -243,6 +248,7 @@ BAD = [  # (name, make(tmp_path, synth_root) -> argv, expected text in the messa
     ("claims on a folder without runs", lambda t, s: ["claims", str(_mkdir(t / "empty"))], "no runs in"),
     ("demo with bad seeds", lambda t, s: ["demo", "--seeds", "0,one", "--out", str(t / "demo")], "--seeds takes"),
     ("bench with no steps", lambda t, s: ["bench", "configs/demo.yaml", "--steps", "0"], "must be positive"),
+    ("gpu-check into a file", lambda t, s: ["gpu-check", "--out", str(_touch(t / "report.txt"))], "is a file"),
     ("evaluate a folder that is not a run", lambda t, s: ["evaluate", str(_mkdir(t / "norun"))], "is not a run folder"),
     ("MPII file missing", lambda t, s: ["prepare", "mpii", "--annotations", str(t / "none.json"), "--images",
                                         str(_mkdir(t / "img")), "--out", str(t / "root"), "--split", "x"],
