@@ -15,6 +15,8 @@ import os
 import numpy as np
 import pandas as pd
 
+from collapse.methods import METHODS
+
 from collapse.runs import atomic_write_json, atomic_write_text
 
 from .detector import collapse_table, final_ap, setting_columns, setting_key
@@ -138,6 +140,9 @@ def _at_or_below_or_collapses(v, collapsed, n):
 def trend(table, runs, label="consistency", along="data.sigma"):
     """C6: per seed (and other setting), the least-squares slope of `label`'s response vs supervised over
     `along`; rows of the interval over seeds of that slope (claim: it rises)."""
+    if along not in runs:
+        return [dict(claim="C6", statement=f"{label}'s response vs supervised rises with {along}",
+                     runs=f"{label} over {along}", verdict="no runs")]
     t = table.merge(runs[["run", along]].assign(  # unsup_weight: a column only where some run's method reads it
         weight=runs.get("method.unsup_weight", 1.0), rest=setting_key(runs, across_seeds=True, without=(along,))), on="run")
     t = t[t.label.str.split(" ").str[0] == label]
@@ -176,6 +181,7 @@ def toy_rows(results_dir):
 def claims(results_dir):
     """The claims table of a results folder (DataFrame with COLUMNS)."""
     runs, metrics, probes = load(results_dir)
+    runs = runs[runs.method.isin(list(METHODS))]  # runs of other trainers (collapse.monitor) enter no paired claim
     table = run_table(runs, metrics, probes)
     names = describe(runs[runs.run.isin(table.run)], table.setting.unique()) if len(table) else {}
     rows = compare(table, names, "C1", "naive consistency collapses (detector) and ends below supervised",

@@ -22,6 +22,7 @@ from .draws import Draws
 from .evaluate import evaluate
 from .methods import Context, build_method, is_loss
 from .models import Average, build_model
+from .monitor import write_gallery
 from .probes import PROBE_COLUMNS, Prober, collapse_step, unlabeled_response
 
 
@@ -314,11 +315,7 @@ class Trainer:
             self.metrics, columns=["step", "split", "name", "value"]))
         runs.atomic_write_parquet(self.run.file("probes.parquet"), pd.DataFrame(self.probes, columns=PROBE_COLUMNS))
         if self.prober.gallery:  # a few unlabeled crops' heatmaps at every probe: collapse you can see
-            g = self.prober.gallery
-            runs.atomic_write_bytes_from(self.run.file("gallery.npz"), lambda f: np.savez_compressed(
-                f, step=np.array([s for s, _, _ in g]), heat=torch.stack([h for _, h, _ in g]).numpy(),
-                joints=torch.stack([j for _, _, j in g]).numpy(), stride=self.batches.stride,
-                crops=self.prober.gallery_crops.round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()))
+            write_gallery(self.run.file("gallery.npz"), self.prober.gallery, self.batches.stride, self.prober.gallery_crops)
         runs.atomic_torch_save(self.run.file("checkpoint.pt"), self.state())
 
     def watch(self, values):
