@@ -1,20 +1,23 @@
 """Collapse curves, the collapse index, and the detector over results folders.
 
-Two indices of the unlabeled mean max response, and a detector with two triggers:
-- `index` (collapse/probes.py, shared with the trainer's `train.stop_on_collapse`): the response over the
-  run's own running peak. Trigger: COLLAPSE_PATIENCE consecutive probes below COLLAPSE_RATIO, once the peak
-  has passed COLLAPSE_FLOOR. It needs nothing but the run, but cannot see a run that never rose.
-- `vs_supervised`: the response over that of the supervised run of the same setting (same config apart
-  from method.*) at the same step: the demo table's measure. Trigger: COLLAPSE_PATIENCE consecutive probes
-  below REFERENCE_RATIO, once the supervised response has passed COLLAPSE_FLOOR.
-A run's collapse step is the earlier of the two (None if neither fires).
+The detector is collapse.monitor.detect (shared with the trainer's `train.stop_on_collapse` and the monitor
+for other trainers): two signals must agree, each below FADE_RATIO of its own running peak for
+COLLAPSE_PATIENCE consecutive probes: (1) the unlabeled response or its pseudo-labels' quality, and (2) its
+pseudo-labels' quantity or the run's AP. It needs nothing but the run. A second trigger compares with the
+supervised run of the same setting (same config apart from method.*) at the same step: the response below
+REFERENCE_RATIO of supervised's together with the pseudo-label quantity below FADE_RATIO of supervised's
+(for a run that never rose). Without a supervised run in the folder that trigger is unavailable, and the
+table says so. A run's collapse step is the earlier of the two (None if neither fires).
 """
 import os
 
 import pandas as pd
 
 from collapse.runs import EXECUTION, final_value
-from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, collapse_index, collapse_step
+import numpy as np
+
+from collapse.monitor import FADE_RATIO, QUANTITY_TAU, detect
+from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, collapse_index
 
 REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
 
@@ -74,29 +77,73 @@ def final_ap(runs, metrics, which="AP"):
     return runs.run.map(finals).astype(float)
 
 
+def _series(probes, name, param):
+    p = probes[(probes.split == "unlabeled") & (probes.net == 0) & (probes.joint == -1) & (probes.name == name)
+               & (probes.param == param)]
+    return p.set_index(["run", "step"]).value
+
+
 def collapse_table(runs, probes, metrics=None, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE):
     """One row per run: label, seed, status, final and peak response, final index, vs_supervised at the
-    end, the detected collapse step (None if none) and collapsed yes/no (and final AP with metrics)."""
+    end, the detected collapse step (None if none), collapsed yes/no, which trigger fired (`trigger`: own,
+    vs supervised) and `note` (a trigger that was unavailable), and final AP with metrics."""
     curves = collapse_curves(runs, probes)
+    quantity, quality = _series(probes, "pl_quantity", QUANTITY_TAU), _series(probes, "pl_quality", QUANTITY_TAU)
+    curves = curves.assign(quantity=[quantity.get((r, s), np.nan) for r, s in zip(curves.run, curves.step)],
+                           quality=[quality.get((r, s), np.nan) for r, s in zip(curves.run, curves.step)])
+    sup_q = curves[curves.method == "supervised"].assign(key=lambda c: c.run.map(_keys(runs))) \
+        .groupby(["key", "step"]).quantity.mean()
+    ap = _ap_by_step(runs, metrics, curves) if metrics is not None else None
+    keys = _keys(runs)
     rows = []
     for run, c in curves.groupby("run", sort=True):
         c = c.sort_values("step")
-        step = collapse_step(c.step.values, c.response.values, ratio, patience)
-        low = (c.vs_supervised < REFERENCE_RATIO) & (c.reference > COLLAPSE_FLOOR)
-        run_low = low.groupby((~low).cumsum()).cumsum()  # length of the current streak of low probes
-        hits = c.step[run_low.values >= patience]
-        if len(hits):
-            ref_step = int(c.step.values[list(c.step).index(hits.iloc[0]) - patience + 1])
-            step = ref_step if step is None else min(step, ref_step)
-        rows.append(dict(run=run, label=c.label.iloc[0], seed=c.seed.iloc[0], final_step=int(c.step.iloc[-1]),
+        steps = c.step.values
+        own, _ = detect(steps, c.response.values, c.quantity.values, c.quality.values,
+                        None if ap is None else ap.get(run), ratio, patience)
+        ref_q = np.array([sup_q.get((keys[run], s), np.nan) for s in steps])
+        low = (c.vs_supervised < REFERENCE_RATIO).values & (c.reference > COLLAPSE_FLOOR).values
+        if np.isfinite(ref_q).any() and np.isfinite(c.quantity.values).any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                low &= np.nan_to_num(c.quantity.values / ref_q < FADE_RATIO, nan=False).astype(bool)
+        ref = _streak(steps, low, patience)
+        step = min((s for s in (own, ref) if s is not None), default=None)
+        trigger = ", ".join(n for n, s in (("own", own), ("vs supervised", ref)) if s is not None and s == step)
+        note = "" if c.reference.notna().any() else "no supervised run of this setting: vs-supervised trigger unavailable"
+        rows.append(dict(run=run, label=c.label.iloc[0], seed=c.seed.iloc[0], final_step=int(steps[-1]),
                          response=c.response.iloc[-1], peak=c.response.max(), index=c["index"].iloc[-1],
-                         vs_supervised=c.vs_supervised.iloc[-1], collapse_step=step, collapsed=step is not None))
+                         vs_supervised=c.vs_supervised.iloc[-1], collapse_step=step, collapsed=step is not None,
+                         trigger=trigger, note=note))
     t = pd.DataFrame(rows)
     if len(t):
         t = t.merge(runs[["run", "status"]], on="run", how="left")
         if metrics is not None:
             t["AP"] = final_ap(runs.set_index("run").loc[t.run].reset_index(), metrics).values
     return t
+
+
+def _keys(runs):
+    return dict(zip(runs.run, setting_key(runs)))
+
+
+def _streak(steps, low, patience):
+    run = 0
+    for i, is_low in enumerate(low):
+        run = run + 1 if is_low else 0
+        if run >= patience:
+            return int(steps[i - patience + 1])
+    return None
+
+
+def _ap_by_step(runs, metrics, curves):
+    """run -> its net-0 validation AP at each probe step (the last evaluation at or before it)."""
+    val = metrics[(metrics.split == "val") & metrics.name.isin(["AP", "AP/net0"])]
+    out = {}
+    for run, c in curves.groupby("run"):
+        v = val[val.run == run].sort_values("step")
+        if len(v):
+            out[run] = [v.value[v.step <= s].iloc[-1] if (v.step <= s).any() else np.nan for s in sorted(c.step)]
+    return out
 
 
 def mean_over_seeds(frame, value, by=("label", "step")):

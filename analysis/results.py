@@ -1,10 +1,13 @@
 """Reading results folders into tidy pandas DataFrames. Works on runs in progress and failed runs too."""
+import dataclasses
+import hashlib
 import json
 import os
 
 import pandas as pd
 import yaml
 
+from collapse.config import Config
 from collapse.errors import UserError
 from collapse.grid import WARM_START
 from collapse.methods import METHODS
@@ -62,13 +65,15 @@ def load(results_dir, stages=False):
             m = dict(status="unreadable", reason=str(e))
         rel = os.path.relpath(path, results_dir)
         row = dict(run=rel, path=path, status=m.get("status"), run_id=m.get("run_id"), method=m.get("method"),
-                   reason=m.get("reason"), collapse_step=m.get("collapse_step"))
+                   reason=m.get("reason"), collapse_step=m.get("collapse_step"), steps=m.get("steps"))
         row.update({f"final.{k}": v for k, v in (m.get("final") or {}).items()})
         row.update({f"timing.{k}": v for k, v in (m.get("timing") or {}).items()})
         cfg_path = os.path.join(path, "config.yaml")
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
-                row.update(_flatten(yaml.safe_load(f) or {}))
+                row.update(with_defaults(_flatten(yaml.safe_load(f) or {})))
+            if row.get("method.name") in METHODS:
+                row["train.init_stage"] = stage_key(row.get("train.init_from"), results_dir) or ""
         row["label"] = method_label(row)
         runs.append(row)
         metrics.append(_read_parquet(os.path.join(path, "metrics.parquet"), ["step", "split", "name", "value"])
@@ -77,6 +82,43 @@ def load(results_dir, stages=False):
     if not runs:
         raise NotResults(f"no runs in {results_dir} (a run folder holds manifest.json)")
     return pd.DataFrame(runs), pd.concat(metrics, ignore_index=True), pd.concat(probes, ignore_index=True)
+
+
+def _defaults():
+    return _flatten(Config().to_dict())
+
+
+def with_defaults(flat):
+    """A run's flattened config with every key it lacks at its default (the one upgrade rule: a key added
+    after the run was made takes the value the run ran with, never drops the key for other runs): the
+    shared sections from collapse.config, method.* from the settings of the run's own method."""
+    name = flat.get("method.name")
+    if name not in METHODS:  # another trainer's run (collapse.monitor): its config is its own
+        return flat
+    out = {k: v for k, v in _defaults().items() if not k.startswith("method.")} | flat
+    for f in dataclasses.fields(METHODS[name].Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.setdefault(f"method.{f.name}", default if not isinstance(default, list) else str(default))
+    return out
+
+
+def stage_key(init_from, results_dir):
+    """A short key of the settings of the supervised stage a run starts from (its seed left out), so two grids
+    whose stages differ are two settings; None when the run starts from scratch or its stage is not found."""
+    if not isinstance(init_from, str) or not init_from:
+        return None
+    keys = []
+    for source in init_from.split(","):
+        source = os.path.dirname(source) if source.endswith(".pt") else source
+        here = os.path.join(results_dir, *os.path.normpath(source).split(os.sep)[-2:])  # a moved folder
+        path = next((os.path.join(p, "config.yaml") for p in (source, here) if os.path.exists(os.path.join(p, "config.yaml"))), None)
+        if path is None:
+            return None
+        with open(path) as f:
+            cfg = with_defaults(_flatten(yaml.safe_load(f) or {}))
+        cfg = {k: v for k, v in cfg.items() if k not in ("train.seed", "train.init_from", "data.split_seed")}
+        keys.append(hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8])
+    return "+".join(sorted(set(keys)))
 
 
 def method_label(row):

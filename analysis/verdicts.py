@@ -20,6 +20,7 @@ from scipy import stats
 
 from collapse.methods import METHODS
 
+from collapse.errors import UserError
 from collapse.runs import atomic_write_json, atomic_write_text
 
 from .detector import collapse_table, final_ap, setting_columns, setting_key
@@ -60,19 +61,48 @@ MARGIN = 0.5
 WHY_TAU = 0.5  # the pseudo-label threshold the `why` column quotes (collapse/probes.py PL_TAUS)
 
 
-RUN_COLUMNS = ["run", "label", "seed", "setting", "AP", "AP_ens", "vs_supervised", "collapsed",
+RUN_COLUMNS = ["run", "label", "seed", "setting", "variant", "AP", "AP_ens", "vs_supervised", "collapsed", "stopped",
                "quantity0", "quantity1", "quality0", "quality1"]
 
 
+class ClaimsError(UserError):
+    """A results folder whose runs cannot be paired (two runs of one setting and seed)."""
+
+
+def variant_key(runs):
+    """Per run, its method settings as 'key=value|...' (every method.* key it holds, at their defaults where
+    older runs lack them): runs of one label whose settings differ (rampup, fg_weight, counts...) are two
+    variants."""
+    cols = sorted(c for c in runs.columns if c.startswith("method.") and c != "method.name")
+    if not cols:
+        return pd.Series("", index=runs.index)
+    text = lambda v: f"{v:g}" if isinstance(v, float) else str(v)
+    return runs[cols].apply(lambda r: "|".join(f"{c[7:]}={text(v)}" for c, v in r.items() if _present(v)), axis=1)
+
+
+def _present(v):
+    return not (isinstance(v, float) and v != v)
+
+
 def run_table(runs, metrics, probes):
-    """One row per finished run: run, label, seed, setting (across seeds), AP, AP_ens, vs_supervised,
-    collapsed, and the pseudo-label quantity / quality (tau WHY_TAU) of net 0 at its first and last probe."""
+    """One row per finished run: run, label, seed, setting (across seeds), variant (its method settings),
+    AP, AP_ens, vs_supervised, collapsed, stopped (ended early by train.stop_on_collapse), and the
+    pseudo-label quantity / quality (tau WHY_TAU) of net 0 at its first and last probe. Two runs of one
+    setting, variant and seed are refused."""
     runs = runs[runs.status.isin(["done", "collapsed"])].reset_index(drop=True)
     if runs.empty:
         return pd.DataFrame(columns=RUN_COLUMNS)
     t = collapse_table(runs, probes, metrics)
-    info = runs.assign(setting=setting_key(runs, across_seeds=True), AP_ens=final_ap(runs, metrics, "AP/ens").values)
-    t = t.merge(info[["run", "setting", "AP_ens"]], on="run")
+    steps = runs["train.steps"] if "train.steps" in runs else pd.Series(np.nan, index=runs.index)
+    info = runs.assign(setting=setting_key(runs, across_seeds=True), variant=variant_key(runs),
+                       AP_ens=final_ap(runs, metrics, "AP/ens").values,
+                       stopped=pd.to_numeric(runs.get("steps"), errors="coerce") < pd.to_numeric(steps, errors="coerce"))
+    t = t.merge(info[["run", "setting", "variant", "AP_ens", "stopped"]], on="run")
+    twice = t[t.duplicated(["setting", "label", "variant", "seed"], keep=False)].sort_values("run")
+    if len(twice):
+        a, b = twice.run.iloc[:2]
+        raise ClaimsError(f"runs {a} and {b} are one setting and seed ({twice.label.iloc[0]}, seed "
+                          f"{twice.seed.iloc[0]}): remove one, or give it another seed")
     p = probes[(probes.split == "unlabeled") & (probes.net == 0) & (probes.joint == -1) & (probes.param == WHY_TAU)
                & probes.name.isin(["pl_quantity", "pl_quality"])].sort_values("step")
     ends = p.groupby(["run", "name"]).value.agg(["first", "last"]).unstack("name")
@@ -100,31 +130,53 @@ def describe(runs, settings):
     return {s: ", ".join(f"{c}={frame.loc[s, c]}" for c in differ) or "all runs" for s in settings}
 
 
-def paired(table, a, b, value="AP", b_value=None):
-    """Per setting where both labels ran: the seeds both have and the differences a - b (NaN-free)."""
+def paired(table, a, b):
+    """Per setting and pair of variants where both labels ran: (seeds both have, A, B indexed by seed, what
+    tells the variants apart). A label run in several variants of one setting (say, two rampups) gives
+    one pair per variant, never one averaged pair."""
     out = {}
     for setting, g in table.groupby("setting"):
-        A = g[g.label == a].groupby("seed").mean(numeric_only=True)
-        B = g[g.label == b].groupby("seed").mean(numeric_only=True)
-        seeds = sorted(set(A.index) & set(B.index))
-        if seeds:
-            out[setting] = (seeds, A.loc[seeds], B.loc[seeds])
+        for side in (a, b):
+            if g[g.label == side].variant.nunique() > 1:
+                break
+        else:
+            side = None
+        for va, A in g[g.label == a].groupby("variant"):
+            for vb, B in g[g.label == b].groupby("variant"):
+                A, B = A.set_index("seed"), B.set_index("seed")
+                seeds = sorted(set(A.index) & set(B.index))
+                if seeds:
+                    out[(setting, va, vb)] = (seeds, A.loc[seeds], B.loc[seeds],
+                                              _differ(g[g.label == side], va if side == a else vb) if side else "")
     return out
 
 
+def _differ(runs_of_label, variant):
+    """The method settings in which `variant` differs from the label's other variants, as 'key=value'."""
+    parse = lambda v: dict(kv.split("=", 1) for kv in v.split("|") if kv)
+    others = [parse(v) for v in runs_of_label.variant.unique()]
+    mine = parse(variant)
+    return ", ".join(f"{k}={v}" for k, v in mine.items() if len({o.get(k) for o in others}) > 1)
+
+
 def compare(table, names, claim, statement, a, b, direction, value="AP", b_value="AP", margin=MARGIN):
-    """Rows of one paired comparison (one per setting), or one 'no runs' row; verdicts are decided later,
-    family by family (decide)."""
+    """Rows of one paired comparison (one per setting and pair of variants), or one 'no runs' row; verdicts
+    are decided later, family by family (decide). Runs stopped early at their collapse are left out of AP
+    comparisons (their AP is at another step), and the row says how many."""
     rows = []
-    for setting, (seeds, A, B) in paired(table, a, b).items():
-        diffs = A[value].values - B[b_value].values
+    for (setting, _, _), (seeds, A, B, variant) in paired(table, a, b).items():
+        keep = ~(A.stopped.fillna(False).astype(bool) | B.stopped.fillna(False).astype(bool))
+        diffs = A[value].values[keep.values] - B[b_value].values[keep.values]
         mean, lo, hi, n, how = paired_interval(diffs)
         resp = paired_interval(A.vs_supervised.values - B.vs_supervised.values)[0]
         collapsed = int(round(A.collapsed.sum()))
-        rows.append(dict(claim=claim, statement=statement, runs=f"{a} - {b}", setting=names[setting], seeds=n,
-                         effect_AP=100 * mean, low=100 * lo, high=100 * hi, interval=how, p=p_value(diffs),
+        left = int((~keep).sum())
+        rows.append(dict(claim=claim, statement=statement, runs=f"{a} - {b}",
+                         setting=", ".join(x for x in (names[setting], variant) if x and x != "all runs") or "all runs",
+                         seeds=n, effect_AP=100 * mean, low=100 * lo, high=100 * hi, interval=how, p=p_value(diffs),
                          p_eq=equivalence_p(diffs, margin / 100), direction=direction, mean=mean,
-                         effect_response=resp, collapsed=f"{collapsed}/{n}", why=why(A)))
+                         effect_response=resp, collapsed=f"{collapsed}/{len(seeds)}",
+                         why=why(A) + (f"; {left} seed(s) stopped early at their collapse left out" if left else "")))
     return rows or [dict(claim=claim, statement=statement, runs=f"{a} - {b}", verdict="no runs")]
 
 
@@ -132,11 +184,12 @@ def collapse_rate(table, names, claim, statement, a, b):
     """C1a: how often the detector fires for `a` against `b` in the same seeds (Fisher's exact test on the
     two counts; the effect is the difference of the two rates)."""
     rows = []
-    for setting, (seeds, A, B) in paired(table, a, b).items():
+    for (setting, _, _), (seeds, A, B, variant) in paired(table, a, b).items():
         n = len(seeds)
         ka, kb = (int(round(X.collapsed.sum())) for X in (A, B))
         p = stats.fisher_exact([[ka, n - ka], [kb, n - kb]]).pvalue if n else np.nan
-        rows.append(dict(claim=claim, statement=statement, runs=f"{a} - {b} (detector)", setting=names[setting],
+        rows.append(dict(claim=claim, statement=statement, runs=f"{a} - {b} (detector)",
+                         setting=", ".join(x for x in (names[setting], variant) if x and x != "all runs") or "all runs",
                          seeds=n, interval="Fisher", p=p, direction=+1, mean=(ka - kb) / max(n, 1),
                          collapsed=f"{ka}/{n} vs {kb}/{n}", why=why(A)))
     return rows or [dict(claim=claim, statement=statement, runs=f"{a} - {b} (detector)", verdict="no runs")]

@@ -40,9 +40,11 @@ HIST_EDGES = np.concatenate([[-np.inf, 0.0], np.logspace(-3, 0, 13), [np.inf]])
 PROBE_COLUMNS = ["step", "split", "net", "joint", "name", "param", "value"]
 
 # -- the collapse index and detector (the trainer's early stop, the monitor's, and `analysis`) ---------------
-COLLAPSE_RATIO = 0.5     # collapsed: the response fell below half of the run's own peak ...
+COLLAPSE_RATIO = 0.5     # one signal: the response fell below half of the run's own peak ...
 COLLAPSE_PATIENCE = 2    # ... at this many consecutive probes ...
 COLLAPSE_FLOOR = 0.05    # ... after the peak had exceeded this (an untrained net is not a collapsed one)
+FADE_RATIO = 0.7         # two signals: each below this share of its own running peak, at the same probes
+QUANTITY_TAU = 0.2       # the pseudo-label threshold whose quantity and quality the detector reads
 
 
 def collapse_index(responses):
@@ -54,16 +56,71 @@ def collapse_index(responses):
         return np.where(peak > 0, r / np.where(peak > 0, peak, 1), 1.0), peak
 
 
-def collapse_step(steps, responses, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE, floor=COLLAPSE_FLOOR):
-    """The first step of `patience` consecutive probes with index < ratio (peak above floor), or None."""
-    index, peak = collapse_index(responses)
-    low = (index < ratio) & (peak > floor)
+def _first_streak(steps, low, patience):
     run = 0
     for i, is_low in enumerate(low):
         run = run + 1 if is_low else 0
         if run >= patience:
             return int(steps[i - patience + 1])
     return None
+
+
+def collapse_step(steps, responses, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE, floor=COLLAPSE_FLOOR):
+    """One signal: the first step of `patience` consecutive probes with index < ratio (peak above floor), or None."""
+    index, peak = collapse_index(responses)
+    return _first_streak(steps, (index < ratio) & (peak > floor), patience)
+
+
+def _low(values, n, fade, floor):
+    """Per probe: the series is below `fade` of its own running peak (which exceeded floor); False where it
+    is missing."""
+    if values is None:
+        return np.zeros(n, dtype=bool)
+    index, peak = collapse_index(values)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num((index < fade) & (peak > floor), nan=False).astype(bool)
+
+
+def _has(values):
+    return values is not None and np.isfinite(np.asarray(values, dtype=float)).any()
+
+
+def detect(steps, response, quantity=None, quality=None, ap=None, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE,
+           floor=COLLAPSE_FLOOR, fade=FADE_RATIO):
+    """The detector -> (step the run collapsed at or None, which rule decided). Two signals must agree at
+    `patience` consecutive probes, each below `fade` of its own running peak:
+      1. the heatmaps fade or go wrong: the unlabeled response, or the quality (PCK) of its pseudo-labels;
+      2. the run loses what it knew: the quantity of its pseudo-labels (peak > QUANTITY_TAU), or its AP.
+    A healthy run whose peaks flatten keeps its pseudo-labels and AP (one signal); a collapse onto wrong
+    locations loses quality and AP; a slow fade loses response and quantity. Without quantity, quality
+    and AP (a monitored run without joints, runs older than these probes): one signal, the response below
+    `ratio` of its peak. Series are per probe, in step order (AP: the last evaluation at or before it)."""
+    n = len(steps)
+    if not (_has(quantity) or _has(quality) or _has(ap)):
+        return collapse_step(steps, response, ratio, patience, floor), "response only"
+    # the response must have passed `floor` (an untrained net is not a collapsed one); a share (quantity,
+    # quality, AP) counts once it was above zero: a net that had a few confident joints and lost them lost them
+    fading = _low(response, n, fade, floor) | _low(quality, n, fade, 0.0)
+    losing = _low(quantity, n, fade, 0.0) | _low(ap, n, fade, 0.0)
+    return _first_streak(steps, fading & losing, patience), "two signals"
+
+
+def detector_series(rows, metrics=(), net=0):
+    """From probe rows (tuples in PROBE_COLUMNS order) and metric rows (dicts): steps and the series
+    `detect` reads, for the unlabeled probe set and net `net` (AP: AP or AP/net<net>)."""
+    def series(name, param=None):
+        pts = {r[0]: r[6] for r in rows if r[1] == "unlabeled" and r[2] == net and r[3] == -1 and r[4] == name
+               and (param is None or r[5] == param)}
+        return pts
+    response = series("max_response")
+    steps = sorted(response)
+    quantity, quality = series("pl_quantity", QUANTITY_TAU), series("pl_quality", QUANTITY_TAU)
+    evals = sorted((m["step"], m["value"]) for m in metrics if m.get("split") == "val"
+                   and m.get("name") in ("AP", f"AP/net{net}"))
+    ap = [next((v for s, v in reversed(evals) if s <= step), np.nan) for step in steps] if evals else None
+    pick = lambda d: [d.get(s, np.nan) for s in steps] if d else None
+    return dict(steps=steps, response=[response[s] for s in steps], quantity=pick(quantity), quality=pick(quality),
+                ap=ap)
 
 
 def unlabeled_response(rows, net=0):
@@ -256,7 +313,7 @@ class CollapseMonitor:
             self.raw["val"] = (lx, _joints(labeled[1], len(lx), "labeled joints", self.device))
         self.sets, self.stride = None, None  # made at the first probe, when the heatmap size is known
         self.rows, self.metrics, self.gallery, self.histograms = [], [], [], {}
-        self.collapsed, self.seconds, self.crops_probed = None, 0.0, 0
+        self.collapsed, self.rule, self.seconds, self.crops_probed = None, None, 0.0, 0
         self.run = runs.RunDir(folder)
         cfg = dict(method=dict(name=name), monitor=dict(every=every, size=len(x), sigma=sigma,
                                                        stop_on_collapse=stop_on_collapse, collapse_ratio=collapse_ratio))
@@ -311,7 +368,7 @@ class CollapseMonitor:
         self.seconds += time.perf_counter() - t0
         self.crops_probed += sum(len(s.x) for s in self.sets.values())
         if self.collapsed is None:
-            self.collapsed = collapse_step(*unlabeled_response(self.rows), ratio=self.collapse_ratio)
+            self.collapsed, self.rule = detect(**detector_series(self.rows), ratio=self.collapse_ratio)
         self.save()
         return self.collapsed is not None and self.stop_on_collapse
 
@@ -343,8 +400,7 @@ class CollapseMonitor:
     def close(self):
         """The run's last word: status done, or collapsed (with the step the detector fired at)."""
         if self.collapsed is not None:
-            self.save("collapsed", reason=f"unlabeled response below {self.collapse_ratio} x its peak since step "
-                                          f"{self.collapsed}", finished=time.time())
+            self.save("collapsed", reason=f"collapsed since step {self.collapsed} ({self.rule})", finished=time.time())
         else:
             self.save("done", finished=time.time())
 

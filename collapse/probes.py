@@ -5,12 +5,13 @@ import torch
 
 from .augment import normalise, store_to_input, transform_points, warp
 from .monitor import (COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, GALLERY, HIST_EDGES, PL_TAUS,
-                      PROBE_COLUMNS, TAUS, ProbeSet, collapse_index, collapse_step, probe_statistics,
-                      rank_correlation, unlabeled_response)
+                      PROBE_COLUMNS, TAUS, ProbeSet, collapse_index, collapse_step, detect, detector_series,
+                      probe_statistics, rank_correlation, unlabeled_response)
 
 
 __all__ = ["COLLAPSE_FLOOR", "COLLAPSE_PATIENCE", "COLLAPSE_RATIO", "GALLERY", "HIST_EDGES", "PL_TAUS", "PROBE_COLUMNS",
-           "TAUS", "Prober", "collapse_index", "collapse_step", "rank_correlation", "unlabeled_response"]
+           "TAUS", "Prober", "collapse_index", "collapse_step", "detect", "detector_series", "rank_correlation",
+           "unlabeled_response"]
 
 
 class Prober:

@@ -23,7 +23,7 @@ from .evaluate import evaluate
 from .methods import Context, build_method, is_loss
 from .models import Average, build_model
 from .monitor import write_gallery
-from .probes import PROBE_COLUMNS, Prober, collapse_step, unlabeled_response
+from .probes import PROBE_COLUMNS, Prober, detect, detector_series
 
 
 class NonFiniteLoss(RunFailure):
@@ -298,7 +298,7 @@ class Trainer:
             if self.board:
                 self.board.probe(self.step, self.probes, self.prober.histograms, len(self.nets))
             if t.stop_on_collapse:
-                collapsed = collapse_step(*unlabeled_response(self.probes), ratio=t.collapse_ratio)
+                collapsed, _ = detect(**detector_series(self.probes, self.metrics), ratio=t.collapse_ratio)
         if t.stop_on_collapse and self.world.size > 1:
             collapsed = distributed.from_main(collapsed, self.device)
         return collapsed
@@ -342,7 +342,8 @@ class Trainer:
         end = dict(status="done")
         if self.step < t.steps:
             end = dict(status="collapsed", collapse_step=collapsed, reason=(
-                f"unlabeled response below {t.collapse_ratio} x its peak since step {collapsed}"))
+                f"collapsed since step {collapsed}: its unlabeled response or pseudo-label quality and its "
+                "pseudo-label quantity or AP fell together (collapse.monitor.detect)"))
         return self.run.update_manifest(
             **end, finished=time.time(), final=final, steps=self.step,
             timing=dict(self.timing, data_clock=self.data_clock.how, data_share=self.timing["data"] / max(train_time, 1e-9),

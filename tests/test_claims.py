@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
+import analysis
+
 from analysis.verdicts import claims
 from analysis.stats import equivalence_p, holm, paired_interval, t_interval, verdict
 from collapse.cli import main
@@ -17,19 +19,24 @@ from collapse.runs import run_id
 STEPS = [0, 100, 200, 300, 400]
 
 
-def fake_run(results, name, ap, response, seed, method="supervised", ap_ens=None, quantity=None, **config):
-    """A finished run folder with a final AP and an unlabeled peak-response curve (one value per STEPS)."""
+def fake_run(results, name, ap, response, seed, method="supervised", ap_ens=None, quantity=None, without=(),
+             manifest=None, **config):
+    """A finished run folder with a final AP and an unlabeled peak-response curve (one value per STEPS);
+    `without`: config keys the run lacks (an older version's), `manifest`: more manifest fields."""
     cfg = Config().to_dict()
     cfg["method"]["name"] = method
     cfg["train"]["seed"] = seed
     for key, value in config.items():
         section, field = key.split("__")
         cfg[section][field] = value
+    for key in without:
+        section, field = key.split(".")
+        del cfg[section][field]
     folder = os.path.join(results, name)
     os.makedirs(folder)
     yaml.safe_dump(cfg, open(os.path.join(folder, "config.yaml"), "w"))
     final = {"AP": ap} if ap_ens is None else {"AP/net0": ap, "AP/ens": ap_ens}
-    json.dump(dict(status="done", run_id=run_id(cfg), method=method, final=final),
+    json.dump(dict(status="done", run_id=run_id(cfg), method=method, final=final, **(manifest or {})),
               open(os.path.join(folder, "manifest.json"), "w"))
     pd.DataFrame([dict(step=STEPS[-1], split="val", name=k, value=v) for k, v in final.items()]).to_parquet(
         os.path.join(folder, "metrics.parquet"))
@@ -168,3 +175,76 @@ def test_held_out_folders_with_known_effects_get_the_right_verdicts(tmp_path):
     assert c.verdict == "fails" and c.p_adj < 0.05
     a3 = _row(t, "C2 A3")
     assert a3.p < 0.05 < a3.p_adj and a3.verdict == "inconclusive"  # the family's correction decides
+
+
+def test_pairing_is_on_the_whole_config(tmp_path, capsys):
+    """Two consistency settings (rampup 0 and 500) are two rows, never one averaged row; a run that lacks a
+    key takes its default instead of merging settings for everyone; a run stopped at its collapse is left out
+    of AP comparisons with a note; two grids whose warm-start stages differ are two settings; two runs of
+    one setting and seed are refused in one line naming both."""
+    r = str(tmp_path / "whole")
+    for s in range(3):
+        sup = 0.05 + 0.01 * s
+        fake_run(r, f"sup{s}", sup, FLAT, s)
+        fake_run(r, f"cons{s}", sup - 0.02, FADE, s, "consistency")
+        fake_run(r, f"ramp{s}", sup + 0.01, FLAT, s, "consistency", method__rampup=500)
+        # data.sigma 3 against supervised at sigma 3, and an older supervised run of sigma 1.5 without the key
+        fake_run(r, f"sup_s3_{s}", sup, FLAT, s, data__sigma=3.0)
+        fake_run(r, f"cons_s3_{s}", sup - 0.01, FADE, s, "consistency", data__sigma=3.0)
+        fake_run(r, f"eh{s}", sup + 0.01, FLAT, s, "easy_hard", without=("data.sigma",))
+    fake_run(r, "cons_stopped", 0.0, FADE, 3, "consistency", manifest=dict(steps=200))
+    fake_run(r, "sup3", 0.06, FLAT, 3)
+    t = claims(r)
+    c1b = t[t.claim == "C1b"].set_index("setting")
+    assert set(c1b.index) == {"data.sigma=1.5, rampup=0", "data.sigma=1.5, rampup=500", "data.sigma=3.0"}
+    assert c1b.loc["data.sigma=1.5, rampup=500", "effect_AP"] == pytest.approx(1.0)   # not averaged with rampup 0
+    assert c1b.loc["data.sigma=1.5, rampup=0", "seeds"] == 3                          # the stopped seed left out ...
+    assert "1 seed(s) stopped early" in c1b.loc["data.sigma=1.5, rampup=0", "why"]     # ... and said so
+    assert _row(t, "C3").setting == "data.sigma=1.5" and _row(t, "C3").effect_AP == pytest.approx(1.0)
+
+    fake_run(r, "sup0_again", 0.07, FLAT, 0)
+    assert main(["claims", r]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sup0" in err[0] and "sup0_again" in err[0] and "one setting and seed" in err[0]
+
+
+def test_warm_start_stages_with_other_settings_are_other_settings(tmp_path):
+    """Two grids on one folder share its warm_start/ folder; their stages differ (1,000 vs 300 steps), so their
+    runs are two settings, though every run starts from a folder in the same place."""
+    r = str(tmp_path / "stages")
+    for steps, grid in ((1000, "a"), (300, "b")):
+        for s in range(3):
+            fake_run(os.path.join(r, "warm_start"), f"supervised-{grid}{s}", 0.05, FLAT, s, train__steps=steps)
+            stage = os.path.join(r, "warm_start", f"supervised-{grid}{s}")
+            sup = 0.05 + 0.01 * s
+            fake_run(r, f"sup{grid}{s}", sup, FLAT, s, train__init_from=stage)
+            fake_run(r, f"eh{grid}{s}", sup + (0.01 if grid == "a" else -0.01), FLAT, s, "easy_hard",
+                     train__init_from=stage)
+    t = claims(r)
+    c3 = t[t.claim == "C3"]
+    assert len(c3) == 2 and sorted(c3.effect_AP.round(6)) == [-1.0, 1.0] and set(c3.seeds) == {3}
+
+
+def test_the_detector_needs_two_signals_on_constructed_curves(tmp_path):
+    """A healthy run whose peaks flatten (response down, pseudo-labels and AP kept) is not flagged; a collapse
+    onto wrong locations (response kept, quality and AP lost) is; so is a slow fade to 0.55 of the peak
+    (response and quantity); the one-signal rule of before flagged the first and missed the other two."""
+    from collapse.monitor import collapse_step, detect
+    steps = [0, 100, 200, 300, 400, 500]
+    flat = [0.6] * 6
+    cases = {  # response, quantity, quality, AP -> flagged
+        "peaks flatten": ([0.5, 0.6, 0.6, 0.28, 0.25, 0.25], flat, [0.8] * 6, [0.05] * 6, None),
+        "wrong locations": (flat, flat, [0.8, 0.8, 0.3, 0.2, 0.1, 0.1], [0.05, 0.06, 0.03, 0.02, 0.01, 0.01], 200),
+        "slow fade": ([0.5, 0.6, 0.5, 0.42, 0.36, 0.33], [0.6, 0.6, 0.5, 0.4, 0.35, 0.33], [0.8] * 6, None, 400),
+        "to background": ([0.5, 0.6, 0.2, 0.1, 0.05, 0.05], [0.6, 0.6, 0.3, 0.1, 0.0, 0.0], [0.8] * 6, None, 200),
+    }
+    old = {name: collapse_step(steps, c[0]) for name, c in cases.items()}
+    assert old == {"peaks flatten": 300, "wrong locations": None, "slow fade": None, "to background": 200}
+    for name, (response, quantity, quality, ap, want) in cases.items():
+        assert detect(steps, response, quantity, quality, ap) == (want, "two signals"), name
+    assert detect(steps, cases["slow fade"][0]) == (None, "response only")  # no second signal to read
+
+    r = str(tmp_path / "alone")  # no supervised run: the table says which trigger it could not use
+    fake_run(r, "cons0", 0.01, FADE, 0, "consistency")
+    t = analysis.collapse_table(*analysis.load(r)[::2])
+    assert t.note.iloc[0] == "no supervised run of this setting: vs-supervised trigger unavailable"
