@@ -10,6 +10,7 @@ import yaml
 from collapse.config import Config
 from collapse.errors import UserError
 from collapse.grid import WARM_START
+from collapse.runs import LATER_KEYS
 from collapse.methods import METHODS
 from collapse.probes import PROBE_COLUMNS
 
@@ -96,6 +97,9 @@ def with_defaults(flat):
     if name not in METHODS:  # another trainer's run (collapse.monitor): its config is its own
         return flat
     out = {k: v for k, v in _defaults().items() if not k.startswith("method.")} | flat
+    for key, before in LATER_KEYS.items():  # a key added later: the value runs made before it ran with
+        if key.startswith("method.") and key[7:] in {f.name for f in dataclasses.fields(METHODS[name].Settings)}:
+            out.setdefault(key, before)
     for f in dataclasses.fields(METHODS[name].Settings):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         out.setdefault(f"method.{f.name}", default if not isinstance(default, list) else str(default))

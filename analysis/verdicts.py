@@ -30,6 +30,7 @@ from .stats import MIN_SEEDS, equivalence_p, holm, p_value, paired_interval, ver
 FAILED_ATTEMPTS = [  # the paper's figure of attempts that collapse or do not help (labels as analysis gives them)
     ("A1", "threshold (tau 0.2)"), ("A2", "threshold (tau 0.4)"), ("A3", "threshold (tau 0.6)"),
     ("A4", "threshold (tau 0.8)"), ("B1", "mean_teacher (ema 0.99)"), ("B2", "mean_teacher (ema 0.999)"),
+    ("B1e", "mean_teacher (ema 0.99, eval teacher)"), ("B2e", "mean_teacher (ema 0.999, eval teacher)"),
     ("C", "reweight"), ("D1", "easy_hard (easy_easy)"), ("D2", "easy_hard (hard_hard)"),
     ("D3", "easy_hard (hard_easy)")]
 FACTORS = [  # dual vs single, one factor at a time (configs/grids/dual_vs_single.yaml)

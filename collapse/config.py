@@ -31,7 +31,7 @@ class DataConfig:
                                      # memory map (their rows drawn from a generator of their own)
     labeled: int = 300               # N train instances are labeled (-1: all) ...
     split: str = "first"             # ... the first N in file order (the paper's code) | random (seeded)
-    split_seed: int = 0
+    split_seed: int = 0              # data.split random: the shuffle's seed (-1: the run's train.seed)
     unlabeled: int = -1              # size of the unlabeled pool, the rest of the train instances (-1: all)
     unlabeled_split: str = ""        # or a separate split as the pool, e.g. unlabeled2017 (detection boxes)
     val: int = -1                    # validation instances evaluated (-1: all)
@@ -233,6 +233,8 @@ def validate(cfg: Config):
         raise ConfigError("config keys 'train.checkpoint_every' and 'train.probe_every' must be >= 0")
     if d.split not in ("first", "random"):
         raise ConfigError(f"config key 'data.split' must be first or random, got '{d.split}'")
+    if d.split_seed < -1:
+        raise ConfigError(f"config key 'data.split_seed' must be >= 0, or -1 (the run's seed), got {d.split_seed}")
     if d.labeled == 0 or d.labeled < -1:
         raise ConfigError(f"config key 'data.labeled' must be positive or -1 (all), got {d.labeled}")
     if t.compile_mode not in ("default", "reduce-overhead", "max-autotune"):

@@ -146,6 +146,10 @@ def _stage(cfg, warm, overrides, seed_offset, results, stages):
     d["method"] = {"name": "supervised"}
     d = config.merge(config.merge(d, config.dotted_tree(warm)), config.parse_overrides(overrides))
     d["train"].update(init_from="", init_same=False, seed=cfg.train.seed + seed_offset)
+    if d["data"].get("split") == "random" and d["data"].get("split_seed") == -1:
+        # the run's labeled subset, whatever the stage's seed: a second net's stage (seed + 1000) must not
+        # see other labels than the run it starts
+        d["data"]["split_seed"] = cfg.train.seed
     stage = config.from_dict(d)
     rid = run_id(stage.to_dict())
     name = f"supervised-{rid}"

@@ -187,7 +187,7 @@ def probe_statistics(step, sets, nets, teachers, stride, crop_height):
         if len(nets) >= 2:  # net 0 and net 1 (dual's pair; SSPCM's student and first teacher)
             pairs.append((heats[0], heats[1]))
         elif teachers and teachers[0] is not nets[0]:
-            pairs.append((teachers[0](x).float(), heats[0]))
+            pairs.append((_predict(teachers[0], x), heats[0]))
         for a, b in pairs:
             dist = (decode(a)[0] - decode(b)[0]).norm(dim=-1)
             add(split, 0, -1, "agree_mse", np.nan, ((a - b) ** 2).mean())

@@ -68,7 +68,8 @@ EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoin
 
 # keys added after runs were first named by their configs: at these values a key leaves a run's id as it was
 # before the key existed, so results folders made earlier are still found (and resumed) by grids
-LATER_KEYS = {"data.resident_gb": 8.0, "model.sync_bn": False, "eval.metric": "oks", "method.correction": "position"}
+LATER_KEYS = {"data.resident_gb": 8.0, "model.sync_bn": False, "eval.metric": "oks", "method.correction": "position",
+              "method.teacher": "eval"}  # the value a run made before the key ran with (mean_teacher's default is now reference)
 
 
 def run_id(resolved_config: dict) -> str:

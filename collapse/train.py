@@ -212,7 +212,8 @@ class Trainer:
         if self.world.main:
             self.run.write_config(resolved)
             self.run.update_manifest(status="running", run_id=runs.run_id(resolved), method=cfg.method.name,
-                                     device=str(self.device), world_size=self.world.size, versions=runs.versions(),
+                                     device=str(self.device), precision="bf16" if self.bf16 else "fp32",
+                                     world_size=self.world.size, versions=runs.versions(),
                                      started=time.time())
         self.t_start = time.perf_counter() - self.timing["total"]
         if cfg.train.tensorboard and self.world.main:
@@ -237,8 +238,8 @@ class Trainer:
         loss.backward()
         self.opt.step()
         self.sched.step()
-        if self.world.size > 1:
-            distributed.same_buffers(self.nets)
+        if self.world.size > 1:  # teachers too: a train-mode EMA teacher keeps BatchNorm statistics of its own
+            distributed.same_buffers(list({id(n): n for n in self.nets + self.ctx.teachers}.values()))
         m.after_step(self.ctx)
         self.step += 1
         return {k: v.detach() for k, v in terms.items()}

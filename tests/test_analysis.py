@@ -196,7 +196,7 @@ def test_run_folders_of_older_versions_still_load():
     old = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_results")
     runs, metrics, probes = analysis.load(old)
     assert runs["method.tau"].notna().all()  # the old format: mean_teacher's config holds threshold's tau
-    assert sorted(runs.label) == ["mean_teacher (ema 0.99)", "supervised"]
+    assert sorted(runs.label) == ["mean_teacher (ema 0.99, eval teacher)", "supervised"]  # what they ran
     t = analysis.collapse_table(runs, probes, metrics).set_index("label")
     assert t.loc["supervised", "vs_supervised"] == 1.0
-    assert abs(t.loc["mean_teacher (ema 0.99)", "AP"] - 0.041) < 5e-4  # the demo table of that day
+    assert abs(t.loc["mean_teacher (ema 0.99, eval teacher)", "AP"] - 0.041) < 5e-4  # the demo table of that day

@@ -124,7 +124,7 @@ def test_ray_executor_runs_a_small_grid_on_a_local_ray(tmp_path, synth_root, cap
 
 
 def test_shipped_grids_expand(tmp_path):
-    sizes = {"demo": 9, "failed_attempts": 45, "dual_vs_single": 45, "imbalance": 45, "comparison": 135,
+    sizes = {"demo": 9, "failed_attempts": 51, "dual_vs_single": 45, "imbalance": 45, "comparison": 135,
              "later_recipes": 40, "later_factors": 35}
     for name, n in sizes.items():
         runs = expand(f"configs/grids/{name}.yaml", str(tmp_path))
@@ -147,3 +147,18 @@ def test_full_scales_extend_the_coco_base_config(grid, tmp_path):
              base.model.pretrained, base.train.eval_every)
         if r.cfg.train.steps == dual.train.steps:
             assert r.cfg.train.lr_steps == dual.train.lr_steps
+
+
+def test_each_seed_draws_its_own_labeled_subset_and_a_second_nets_stage_keeps_the_runs():
+    """data.split_seed -1 (the study grids' setting): the labeled subset follows train.seed; the stage that
+    dual's net 1 starts from (seed + 1000) keeps the run's own subset, so no net sees other labels."""
+    from collapse import config
+    from collapse.data.splits import labeled_order
+    cfg = lambda seed, split_seed=-1: config.load("configs/demo.yaml", [f"train.seed={seed}", f"data.split_seed={split_seed}"])
+    assert cfg(0).data.split == "random" and cfg(0).train.precision == "fp32"  # pinned: the same class of numbers anywhere
+    assert (labeled_order(cfg(3), 500) == labeled_order(cfg(0, 3), 500)).all()
+    assert not (labeled_order(cfg(3), 500)[:100] == labeled_order(cfg(4), 500)[:100]).all()
+    runs = expand("configs/grids/demo.yaml", "/nonexistent", overrides=["train.seed=2"])
+    stages = [r for r in runs if r.stage]
+    assert sorted(r.cfg.train.seed for r in stages) == [2, 1002]
+    assert all(r.cfg.data.split_seed == 2 for r in stages)

@@ -60,19 +60,34 @@ def test_naive_consistency_gradient_flows_through_both_predictions(synth_root):
     assert len(outs) == 2 and all(o.grad is not None and o.grad.abs().sum() > 0 for o in outs)
 
 
-def test_mean_teacher_gradient_and_ema_rule(synth_root):
-    m, ctx, unl = _setup(synth_root, name="mean_teacher", ema=0.9)
+@pytest.mark.parametrize("recipe", ["reference", "eval"])
+def test_mean_teacher_gradient_and_ema_rule(synth_root, recipe):
+    """reference (Tarvainen & Valpola): a train-mode teacher, parameters averaged with the decay warmed up as
+    min(1 - 1/(t+1), ema), its BatchNorm statistics its own; eval: eval mode, statistics averaged too."""
+    m, ctx, unl = _setup(synth_root, name="mean_teacher", ema=0.9, teacher=recipe)
     student, teacher = ctx.nets[0], ctx.teachers[0]
-    assert teacher is not student
+    assert teacher is not student and teacher.training == (recipe == "reference")
     m.unsupervised(ctx, unl)["unsup"].backward()
     assert _grad_norm(student) > 0 and all(p.grad is None for p in teacher.parameters())
+    if recipe == "reference":
+        assert [m.decay(t) for t in (0, 1, 3, 100)] == pytest.approx([0.0, 0.5, 0.75, 0.9])
     with torch.no_grad():
         for p in student.parameters():
             p.add_(1.0)
+        for b in student.buffers():
+            if b.is_floating_point():
+                b.add_(1.0)
     before = [p.clone() for p in teacher.parameters()]
+    buffers = [b.clone() for b in teacher.buffers()]
+    ctx.step = 100  # past the warm-up: the decay is ema
     m.after_step(ctx)
     for t0, t1, s in zip(before, teacher.parameters(), student.parameters()):
         assert torch.allclose(t1, 0.9 * t0 + 0.1 * s, atol=1e-6)
+    moved = [not torch.equal(b0, b1) for b0, b1 in zip(buffers, teacher.buffers()) if b0.is_floating_point()]
+    assert not any(moved) if recipe == "reference" else all(moved)
+    ctx.step = 0
+    m.after_step(ctx)  # the first step's decay is 0 in the reference recipe: the teacher is the student
+    assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters())) == (recipe == "reference")
 
 
 def test_dual_each_net_learns_only_from_the_other(synth_root):

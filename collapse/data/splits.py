@@ -62,10 +62,12 @@ def val_store(cfg: Config, progress=False):
 
 
 def labeled_order(cfg: Config, n_train):
-    """Train instance rows in labeling order: file order (the paper's first-N split) or a seeded shuffle."""
+    """Train instance rows in labeling order: file order (the paper's first-N split) or a seeded shuffle
+    (data.split_seed; -1: the run's seed, so each seed is a new labeled subset as well as a new init)."""
     if cfg.data.split == "first":
         return np.arange(n_train)
-    return np.random.default_rng(cfg.data.split_seed).permutation(n_train)
+    seed = cfg.train.seed if cfg.data.split_seed == -1 else cfg.data.split_seed
+    return np.random.default_rng(seed).permutation(n_train)
 
 
 def split_rows(cfg: Config, n_train, n_pool=None):

@@ -59,38 +59,52 @@ class TeacherStudent(Method):
 @dataclass
 class MeanTeacherSettings(CutoutSettings):
     ema: float = 0.99                # teacher <- ema * teacher + (1 - ema) * student (B1 0.99, B2 0.999)
-    ema_buffers: str = "average"     # BatchNorm statistics averaged like the weights | copy (the student's)
+    teacher: str = "reference"       # reference: Tarvainen & Valpola's mean teacher (train mode, parameters averaged,
+                                     # decay warmed up: min(1 - 1/(t+1), ema)) | eval: eval mode, BatchNorm statistics
+                                     # averaged too, no warm-up (this toolkit's before 2026-12)
+    ema_buffers: str = "average"     # teacher eval: BatchNorm statistics averaged like the weights | copy (the student's)
 
     def check(self, cfg):
         super().check(cfg)
         if not 0 <= self.ema < 1:
             raise ConfigError(f"config key 'method.ema' must be in [0, 1), got {self.ema}")
+        one_of("teacher", self.teacher, ("reference", "eval"))
         one_of("ema_buffers", self.ema_buffers, ("average", "copy"))
 
 
 @register("mean_teacher")
 class MeanTeacher(TeacherStudent):
-    """EMA teacher (the paper's B1/B2 with ema 0.99/0.999), in eval mode. Its BatchNorm statistics are its
-    own, averaged like its weights (the standard mean teacher); `ema_buffers: copy` copies the student's
-    instead (this toolkit's behaviour before 2026-11: fresh statistics under stale weights)."""
+    """EMA teacher (the paper's B1/B2 with ema 0.99/0.999). `teacher: reference` (default) is the reference
+    mean teacher: in train mode (its BatchNorm normalises with batch statistics and keeps its own running
+    ones), parameters averaged, the decay warmed up as min(1 - 1/(t+1), ema). `teacher: eval` runs it in eval
+    mode with its BatchNorm statistics averaged like its weights, no warm-up (`ema_buffers: copy` copies the
+    student's instead: this toolkit's behaviour before 2026-11)."""
     Settings = MeanTeacherSettings
     order = 2
 
     @classmethod
     def variant(cls, s):
-        return f" (ema {s.get('ema')}" + (", student's BN)" if s.get("ema_buffers") == "copy" else ")")
+        if s.get("teacher", "eval") == "eval":  # runs made before the key existed ran an eval-mode teacher
+            return f" (ema {s.get('ema')}, eval teacher" + (", student's BN)" if s.get("ema_buffers") == "copy" else ")")
+        return f" (ema {s.get('ema')})"
 
     def setup(self, ctx):
-        ema = copy.deepcopy(ctx.nets[0]).eval()
+        ema = copy.deepcopy(ctx.nets[0]).train(self.cfg.teacher == "reference")
         for p in ema.parameters():
             p.requires_grad_(False)
         ctx.teachers = [ema]
 
+    def decay(self, step):
+        """The EMA decay at `step` (0-based within the run): warmed up in the reference recipe."""
+        return min(1 - 1 / (step + 1), self.cfg.ema) if self.cfg.teacher == "reference" else self.cfg.ema
+
     @torch.no_grad()
     def after_step(self, ctx):
-        a = self.cfg.ema
+        a = self.decay(ctx.step)
         for t, s in zip(ctx.teachers[0].parameters(), ctx.nets[0].parameters()):
             t.lerp_(s, 1 - a)
+        if self.cfg.teacher == "reference":  # its BatchNorm statistics are its own, kept by its train-mode passes
+            return
         for t, s in zip(ctx.teachers[0].buffers(), ctx.nets[0].buffers()):
             if self.cfg.ema_buffers == "copy" or not t.is_floating_point():  # num_batches_tracked: a count
                 t.copy_(s)
