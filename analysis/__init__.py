@@ -5,6 +5,7 @@
     analysis.boundary_drift(runs, probes)          # fg/bg boundary at each tau around the joints
     analysis.write_figures("results/demo", "figures/")
     analysis.claims("results/demo")                # the paper's claims: paired effects, 95% intervals, verdicts
+    analysis.aggregate("results/study")            # across settings: IQM of AP, stratified bootstrap intervals
 
 Names and submodules load when first used (PEP 562): `collapse` reads analysis/cli.py at every start to
 build its command line, and pandas, matplotlib and scipy would add seconds to each `collapse` process.
@@ -13,7 +14,8 @@ import importlib
 
 _EXPORTS = {"load": "results", "run_folders": "results", "NotResults": "results", "collapse_curves": "detector",
             "collapse_table": "detector", "final_ap": "detector", "boundary_drift": "drift",
-            "response_histograms": "drift", "write_figures": "figures", "report": "tables", "claims": "verdicts"}
+            "response_histograms": "drift", "write_figures": "figures", "report": "tables", "claims": "verdicts",
+            "aggregate": "aggregate"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from collapse.runs import EXECUTION, final_value
 import numpy as np
 
-from collapse.monitor import FADE_RATIO, QUANTITY_TAU, detect
+from collapse.monitor import FADE_RATIO, QUANTITY_TAU, detect, first_streak
 from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, collapse_index
 
 REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
@@ -106,7 +106,7 @@ def collapse_table(runs, probes, metrics=None, ratio=COLLAPSE_RATIO, patience=CO
         if np.isfinite(ref_q).any() and np.isfinite(c.quantity.values).any():
             with np.errstate(invalid="ignore", divide="ignore"):
                 low &= np.nan_to_num(c.quantity.values / ref_q < FADE_RATIO, nan=False).astype(bool)
-        ref = _streak(steps, low, patience)
+        ref = first_streak(steps, low, patience)
         step = min((s for s in (own, ref) if s is not None), default=None)
         trigger = ", ".join(n for n, s in (("own", own), ("vs supervised", ref)) if s is not None and s == step)
         note = "" if c.reference.notna().any() else "no supervised run of this setting: vs-supervised trigger unavailable"
@@ -124,15 +124,6 @@ def collapse_table(runs, probes, metrics=None, ratio=COLLAPSE_RATIO, patience=CO
 
 def _keys(runs):
     return dict(zip(runs.run, setting_key(runs)))
-
-
-def _streak(steps, low, patience):
-    run = 0
-    for i, is_low in enumerate(low):
-        run = run + 1 if is_low else 0
-        if run >= patience:
-            return int(steps[i - patience + 1])
-    return None
 
 
 def _ap_by_step(runs, metrics, curves):

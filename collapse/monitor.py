@@ -56,7 +56,8 @@ def collapse_index(responses):
         return np.where(peak > 0, r / np.where(peak > 0, peak, 1), 1.0), peak
 
 
-def _first_streak(steps, low, patience):
+def first_streak(steps, low, patience):
+    """The step at which the first run of `patience` consecutive True values of `low` begins, or None."""
     run = 0
     for i, is_low in enumerate(low):
         run = run + 1 if is_low else 0
@@ -68,7 +69,7 @@ def _first_streak(steps, low, patience):
 def collapse_step(steps, responses, ratio=COLLAPSE_RATIO, patience=COLLAPSE_PATIENCE, floor=COLLAPSE_FLOOR):
     """One signal: the first step of `patience` consecutive probes with index < ratio (peak above floor), or None."""
     index, peak = collapse_index(responses)
-    return _first_streak(steps, (index < ratio) & (peak > floor), patience)
+    return first_streak(steps, (index < ratio) & (peak > floor), patience)
 
 
 def _low(values, n, fade, floor):
@@ -102,7 +103,7 @@ def detect(steps, response, quantity=None, quality=None, ap=None, ratio=COLLAPSE
     # quality, AP) counts once it was above zero: a net that had a few confident joints and lost them lost them
     fading = _low(response, n, fade, floor) | _low(quality, n, fade, 0.0)
     losing = _low(quantity, n, fade, 0.0) | _low(ap, n, fade, 0.0)
-    return _first_streak(steps, fading & losing, patience), "two signals"
+    return first_streak(steps, fading & losing, patience), "two signals"
 
 
 def detector_series(rows, metrics=(), net=0):

@@ -248,3 +248,25 @@ def test_the_detector_needs_two_signals_on_constructed_curves(tmp_path):
     fake_run(r, "cons0", 0.01, FADE, 0, "consistency")
     t = analysis.collapse_table(*analysis.load(r)[::2])
     assert t.note.iloc[0] == "no supervised run of this setting: vs-supervised trigger unavailable"
+
+
+def test_the_interquartile_mean_and_the_probability_of_improvement(tmp_path):
+    """rliable's aggregates across settings, on runs with known APs: the IQM drops the outer quarters; a method
+    above another in every run of every setting improves with probability 1, ties count half."""
+    from analysis.aggregate import aggregate, iqm, probability_of_improvement
+    from analysis.verdicts import run_table
+    assert iqm([1, 2, 3, 4, 100, -100, 2.5, 2.5]) == pytest.approx(2.5)
+    r = str(tmp_path / "agg")
+    for labeled in (50, 100):
+        for s in range(4):
+            fake_run(r, f"sup{labeled}_{s}", 0.05 + 0.001 * s, FLAT, s, data__labeled=labeled)
+            fake_run(r, f"eh{labeled}_{s}", 0.06 + 0.001 * s, FLAT, s, "easy_hard", data__labeled=labeled)
+            fake_run(r, f"dual{labeled}_{s}", 0.05 + 0.001 * s, FLAT, s, "dual", data__labeled=labeled)
+    t = aggregate(r).set_index("label")
+    assert t.loc["easy_hard", "runs"] == 8 and t.loc["easy_hard", "settings"] == 2
+    assert t.loc["easy_hard", "IQM"] == pytest.approx(100 * 0.0615)
+    assert t.loc["easy_hard", "low"] <= t.loc["easy_hard", "IQM"] <= t.loc["easy_hard", "high"]
+    table = run_table(*analysis.load(r))
+    assert probability_of_improvement(table, "easy_hard", "supervised")[:1] == (1.0,)
+    p, lo, hi, n = probability_of_improvement(table, "dual", "supervised")
+    assert p == pytest.approx(0.5) and n == 2 and lo <= 0.5 <= hi  # the same APs: a coin toss
