@@ -188,9 +188,9 @@ VARIANTS = {
     "sspcm": ["method.snapshot_every=2"],
     "sspcm/average": ["method.name=sspcm", "method.correction=average", "method.snapshot_bn=running"],
 }
+# precision auto: bf16 autocast on a GPU, as a user's run there (configs/demo.yaml pins fp32 for its tables)
 SMALL = ["model.width=8", "train.steps=8", "train.batch_labeled=4", "train.batch_unlabeled=4",
-         "train.progress=false",
-         "train.threads=0"]
+         "train.progress=false", "train.threads=0", "train.precision=auto"]
 
 
 def variant_config(data_root, variant, *more, device="cpu"):

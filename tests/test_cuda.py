@@ -18,7 +18,7 @@ from collapse.gpu_check import steps_in_error_mode
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 SMALL = ["model.width=8", "train.steps=6", "train.eval_every=6", "train.log_every=3", "train.probe_every=3",
-         "train.probe_size=16", "train.device=cuda", "train.progress=false"]
+         "train.probe_size=16", "train.device=cuda", "train.progress=false", "train.precision=auto"]
 
 
 def _trainer(synth_root, tmp_path, variant, *more):
