@@ -91,10 +91,10 @@ def collapse_table(runs, probes, metrics=None, ratio=COLLAPSE_RATIO, patience=CO
     quantity, quality = _series(probes, "pl_quantity", QUANTITY_TAU), _series(probes, "pl_quality", QUANTITY_TAU)
     curves = curves.assign(quantity=[quantity.get((r, s), np.nan) for r, s in zip(curves.run, curves.step)],
                            quality=[quality.get((r, s), np.nan) for r, s in zip(curves.run, curves.step)])
-    sup_q = curves[curves.method == "supervised"].assign(key=lambda c: c.run.map(_keys(runs))) \
+    keys = _keys(runs)
+    sup_q = curves[curves.method == "supervised"].assign(key=lambda c: c.run.map(keys)) \
         .groupby(["key", "step"]).quantity.mean()
     ap = _ap_by_step(runs, metrics, curves) if metrics is not None else None
-    keys = _keys(runs)
     rows = []
     for run, c in curves.groupby("run", sort=True):
         c = c.sort_values("step")

@@ -1,5 +1,6 @@
 """Reading results folders into tidy pandas DataFrames. Works on runs in progress and failed runs too."""
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -85,7 +86,9 @@ def load(results_dir, stages=False):
     return pd.DataFrame(runs), pd.concat(metrics, ignore_index=True), pd.concat(probes, ignore_index=True)
 
 
+@functools.lru_cache(maxsize=1)
 def _defaults():
+    """Every config key at its default, flattened (made once: read for each run loaded)."""
     return _flatten(Config().to_dict())
 
 
