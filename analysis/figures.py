@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from collapse.data.skeleton import LIMBS
+from collapse.data.skeleton import for_channels
 from collapse.runs import atomic_write_bytes_from
 
 from .detector import COLLAPSE_RATIO, collapse_curves, collapse_table, final_ap, mean_over_seeds
@@ -211,7 +211,7 @@ def _heatmap_panel(ax, crop, heat, joints, stride):
     ax.imshow(crop, extent=(0, w, h, 0))
     ax.imshow(heat.astype(np.float32), extent=(0, w, h, 0), cmap="magma", alpha=0.55, vmin=0, vmax=1)
     seen = joints[:, 2] > 0.2  # joints the net calls visible: its peak above 0.2
-    for a, b in LIMBS:
+    for a, b in for_channels(len(joints)).limb_index:
         if seen[a] and seen[b]:
             ax.plot(joints[[a, b], 0], joints[[a, b], 1], color="#7fdbff", lw=0.8)
     ax.scatter(joints[seen, 0], joints[seen, 1], s=4, c="#7fdbff", lw=0)

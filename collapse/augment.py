@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data.skeleton import FLIP_INDEX
+from .data.skeleton import for_channels
 from .device import host_waits
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
@@ -80,13 +80,14 @@ def warp(x, A, out_hw):
 
 
 @functools.lru_cache(maxsize=8)
-def _flip_index(device):
-    return torch.tensor(FLIP_INDEX, device=device)
+def _flip_index(joints, device):
+    return torch.tensor(for_channels(joints).flip_index, device=device)
 
 
 def swap_flipped(t, flip):
-    """Reorder joint channels (dim 1) of the samples that were mirrored, so channel j is joint j again."""
-    index = _flip_index(t.device)
+    """Reorder joint channels (dim 1) of the samples that were mirrored, so channel j is joint j again
+    (the skeleton's left/right pairs; its joint count names it)."""
+    index = _flip_index(t.shape[1], t.device)
     return torch.where(flip.view(-1, *([1] * (t.dim() - 1))), t[:, index], t)
 
 

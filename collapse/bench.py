@@ -23,7 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from .config import Config
-from .data.skeleton import FLIP_INDEX, labeled
+from .data.skeleton import labeled
 from .data.coco import image_dir
 from .data.store import decode_images
 from .train import Trainer
@@ -87,7 +87,7 @@ class TransformsV2Crops(_StoreRows):
         img, pts = F.center_crop(img, d.input_size), F.center_crop(pts, d.input_size)
         if flip:                                                    # v2 mirrors; swapping sides is ours
             img, pts = F.horizontal_flip(img), F.horizontal_flip(pts)
-            pts, vis = pts[list(FLIP_INDEX)], vis[list(FLIP_INDEX)]
+            pts, vis = pts[list(self.store.skeleton.flip_index)], vis[list(self.store.skeleton.flip_index)]
         x = F.normalize(F.to_dtype(img, torch.float32, scale=True), MEAN, STD)
         target, weight = _gaussians(pts.numpy(), vis, d.input_size, d.heatmap_stride, d.sigma)
         return x.as_subclass(torch.Tensor), torch.from_numpy(target), torch.from_numpy(weight)
@@ -116,7 +116,7 @@ class PerSampleCrops(_StoreRows):
         pts = kps[:, :2] @ M[:2, :2].T + M[:2, 2]
         vis = labeled(kps[:, 2])
         if flip:
-            pts, vis = pts[list(FLIP_INDEX)], vis[list(FLIP_INDEX)]
+            pts, vis = pts[list(self.store.skeleton.flip_index)], vis[list(self.store.skeleton.flip_index)]
         stride = d.heatmap_stride
         hh, hw_ = h // stride, w // stride
         target = np.zeros((len(pts), hh, hw_), np.float32)

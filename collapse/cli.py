@@ -34,7 +34,7 @@ def cmd_prepare(args):
     else:
         from .data import prepare_mpii_aic
         prepare_mpii_aic.prepare(args.source, args.annotations, args.images, args.out, args.split, sizes,
-                                 workers=args.workers)
+                                 workers=args.workers, head_boxes=args.head_boxes)
 
 
 def _default_out(cfg, base="results"):
@@ -140,16 +140,19 @@ def parser():
                        ("aic", "AI Challenger persons: the original keypoint_*_annotations_*.json or mmpose's "
                                "COCO-style file with 14 keypoints")):
         ot = prs.add_parser(kind, help=f"{what}, as a COCO-format split with crop stores",
-                            description=f"{what}. Writes ROOT/annotations/person_keypoints_SPLIT.json in the COCO-17 "
-                            "layout (shared joints mapped, the rest unlabeled), links ROOT/images/SPLIT to the image "
-                            "folder and builds the crop stores.")
+                            description=f"{what}. Writes ROOT/annotations/person_keypoints_SPLIT.json in the set's own "
+                            "skeleton (MPII 16 joints, AIC 14), links ROOT/images/SPLIT to the image folder and builds "
+                            "the crop stores.")
         ot.add_argument("--annotations", required=True, help="the annotation file")
         ot.add_argument("--images", required=True, help="the folder of its images")
         ot.add_argument("--out", required=True, help="ROOT: the data folder (data.root) to write into")
         ot.add_argument("--split", required=True, help="the split's name, e.g. mpii_train, mpii_valid, aic_train")
         ot.add_argument("--sizes", default="256x256", help="crop-store input sizes (default 256x256, the seed's)")
         ot.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
-        ot.set_defaults(func=cmd_prepare)
+        if kind == "mpii":
+            ot.add_argument("--head-boxes", help="gt_valid.mat beside the JSON (headboxes_src): PCKh's official head "
+                            "sizes, the standard protocol (without: head size from head top and upper neck)")
+        ot.set_defaults(func=cmd_prepare, head_boxes=None)
 
     tr = sub.add_parser("train", help="train one run", description="Train one run. Overrides are dotted "
                         "config keys, e.g. method.name=supervised train.steps=2000.")

@@ -11,7 +11,7 @@ import torch
 from pycocotools.cocoeval import COCOeval
 
 from .augment import about_centre, normalise, store_to_input, swap_flipped, transform_points, warp
-from .data.skeleton import OKS_SIGMAS, PCKH_GROUPS, PERSON, labeled
+from .data.skeleton import PERSON, for_channels, labeled
 from .errors import DataError
 from .heatmaps import decode, decode_dark
 from .models import evaluating
@@ -76,7 +76,6 @@ def to_coco_results(image_ids, coords, conf, box_scores=None):
 def oks_nms(results, areas, threshold=0.9):
     """Per image, keep instances in score order, dropping any whose OKS with a kept one (on the kept
     one's area) exceeds threshold. Returns the kept results."""
-    k2 = (2 * np.asarray(OKS_SIGMAS)) ** 2
     kept = []
     by_image = {}
     for r, a in zip(results, areas):
@@ -86,20 +85,22 @@ def oks_nms(results, areas, threshold=0.9):
         mine = []
         for r, a in cands:
             xy = np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2]
+            k2 = (2 * for_channels(len(xy)).sigmas) ** 2
             if all(np.mean(np.exp(-((xy - kx) ** 2).sum(1) / (2 * ka * k2 + 1e-9))) <= threshold for kx, ka in mine):
                 mine.append((xy, a))
                 kept.append(r)
     return kept
 
 
-def coco_ap(gt_coco, results, image_ids):
-    """OKS AP/AR through pycocotools, restricted to the evaluated images."""
+def coco_ap(gt_coco, results, image_ids, skeleton):
+    """OKS AP/AR through pycocotools (with the skeleton's OKS sigmas), restricted to the evaluated images."""
     if not results:
         return {k: 0.0 for k in COCO_STATS}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt_coco.loadRes([dict(r) for r in results])  # loadRes adds keys to what it is given
         ev = COCOeval(gt_coco, dt, "keypoints")
         ev.params.imgIds = sorted(set(int(i) for i in image_ids))
+        ev.params.kpt_oks_sigmas = skeleton.sigmas
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -114,17 +115,22 @@ def pck(coords, keypoints, bbox, alpha=0.1):
     return float((dist < thr)[has_label].mean()) if has_label.any() else 0.0
 
 
-def pckh(coords, keypoints, head_size, alpha=0.5):
-    """PCKh@alpha (MPII's): the share of labeled joints predicted within alpha x the person's head size,
-    per joint group of the standard table that COCO-17 has (shoulder ... ankle) and their mean over those
-    joints. Persons without a head size are not scored. -> {name: value}."""
+def pckh(coords, keypoints, head_size, skeleton, alpha=0.5):
+    """PCKh@alpha by the standard MPII protocol (the official evaluation's, the seed's and mmpose's): a labeled
+    joint is correct when its error is <= alpha x the person's head size; each joint's PCKh is the share of
+    the persons labeling it that are correct; a table column is the mean of its joints' PCKh (Head: the head
+    top; Shoulder: left and right ...); Mean pools the joints PCKh counts (MPII: all but pelvis and thorax),
+    each weighted by how many persons label it. Persons without a head size are not scored. -> {name: value}."""
     has = labeled(keypoints[..., 2]) & np.isfinite(head_size)[:, None]
-    hit = np.linalg.norm(coords - keypoints[..., :2], axis=-1) < alpha * np.nan_to_num(head_size)[:, None]
-    joints = [j for group in PCKH_GROUPS.values() for j in group]
-    out = {f"PCKh@{alpha:g}": float(hit[:, joints][has[:, joints]].mean()) if has[:, joints].any() else 0.0}
-    for name, group in PCKH_GROUPS.items():
-        g = list(group)
-        out[f"PCKh@{alpha:g}/{name}"] = float(hit[:, g][has[:, g]].mean()) if has[:, g].any() else 0.0
+    err = np.linalg.norm(coords - keypoints[..., :2], axis=-1)
+    hit = (err <= alpha * np.nan_to_num(head_size)[:, None]) & has
+    count = has.sum(0)
+    per_joint = hit.sum(0) / np.maximum(count, 1)
+    scored = list(skeleton.pckh_scored)
+    out = {f"PCKh@{alpha:g}": float(hit[:, scored].sum() / max(count[scored].sum(), 1))}
+    for name, joints in skeleton.pckh_groups.items():
+        present = [j for j in skeleton.index(joints) if count[j]]
+        out[f"PCKh@{alpha:g}/{name}"] = float(per_joint[present].mean()) if present else 0.0
     return out
 
 
@@ -145,12 +151,13 @@ def evaluate(net, val, cfg):
     else:
         results = to_coco_results(image_ids, coords, conf)
     if e.metric == "pckh":
-        if val.detections or not np.isfinite(val.head_size).any():
+        if val.detections or not val.skeleton.pckh_groups or not np.isfinite(val.head_size).any():
             raise DataError("eval.metric pckh needs ground-truth boxes and head sizes (an MPII or AIC split made by "
                             "`collapse prepare mpii|aic`)")
-        metrics = {**pckh(coords, val.keypoints, val.head_size, 0.5), **pckh(coords, val.keypoints, val.head_size, 0.1)}
+        metrics = {**pckh(coords, val.keypoints, val.head_size, val.skeleton, 0.5),
+                   **pckh(coords, val.keypoints, val.head_size, val.skeleton, 0.1)}
         return metrics, results
-    metrics = coco_ap(val.gt, results, image_ids)
+    metrics = coco_ap(val.gt, results, image_ids, val.skeleton)
     if not val.detections:
         metrics["PCK@0.1"] = pck(coords, val.keypoints, val.bbox)
     return metrics, results

@@ -15,7 +15,6 @@ import yaml
 
 from . import config, runs
 from .config import ConfigError
-from .data.skeleton import NUM_JOINTS
 from .data.splits import val_set, val_store
 from .device import resolve_device
 from .evaluate import evaluate
@@ -54,12 +53,16 @@ def reevaluate(folder, overrides=(), echo=print):
     device = resolve_device(cfg.train.device)
     settings = dict(eval=cfg.to_dict()["eval"], data=dict(val_split=cfg.data.val_split, val=cfg.data.val))
     sid = hashlib.sha1(yaml.safe_dump(settings, sort_keys=True).encode()).hexdigest()[:10]
-    val = val_set(cfg, val_store(cfg), device)
+    val = val_set(cfg, val_store(cfg), device)  # the nets' skeleton: the val split's (a net of another does not load)
     state = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
     nets = []
     for sd in state["nets"][:method_class(cfg.method.name).net_count(cfg.method)]:
-        net = build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(device, memory_format=torch.channels_last)
-        net.load_state_dict(sd)
+        net = build_model(cfg.model, val.skeleton.num_joints, cfg.data.heatmap_stride).to(device, memory_format=torch.channels_last)
+        try:
+            net.load_state_dict(sd)
+        except RuntimeError:
+            raise ConfigError(f"{folder}'s nets do not predict the {val.skeleton.num_joints} joints of data.val_split "
+                              f"{cfg.data.val_split} ({val.skeleton.name})")
         nets.append(net)
     named = [("net", nets[0])] if len(nets) == 1 else [(f"net{i}", n) for i, n in enumerate(nets)] + [("ens", Average(nets))]
     final = run.file("evaluations", sid)

@@ -14,14 +14,13 @@ from .config import Config, ConfigError
 from .data.batches import Batches
 from .data.coco import DataError
 from .data.splits import ensure_data, split_rows, val_set
-from .data.skeleton import NUM_JOINTS
 from .data.store import Pool
 from .errors import RunFailure
 from .device import Stopwatch, resolve_device, use_bf16
 from .draws import Draws
 from .evaluate import evaluate
 from .methods import Context, build_method, is_loss
-from .models import Average, build_model
+from .models import Average, build_model, check_model
 from .monitor import write_gallery
 from .probes import PROBE_COLUMNS, Prober, detect, detector_series
 
@@ -75,14 +74,14 @@ class Trainer:
         self.local_batches = distributed.local_batches(t, self.world.size)
         self.method = build_method(cfg.method)
         self.bf16 = use_bf16(t.precision, self.device)  # autocast around network passes only (Context._pass)
+        check_model(cfg.model, cfg.data.heatmap_stride)  # before any data work: a bad model name costs nothing
+        train_store, val_store, *pool_store = ensure_data(cfg, self.progress)
+        self.skeleton = train_store.skeleton  # the labeled split's: the nets' channels, the val split's joints
         torch.manual_seed(t.seed)
-        # channels_last on every device: oneDNN (CPU) and cuDNN both run NHWC convolutions faster;
-        # built before any data work, so a bad model name costs nothing
-        self.nets = [build_model(cfg.model, NUM_JOINTS, cfg.data.heatmap_stride).to(
-            self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
+        # channels_last on every device: oneDNN (CPU) and cuDNN both run NHWC convolutions faster
+        self.nets = [self.fresh_net().to(self.device, memory_format=torch.channels_last) for _ in range(self.method.nets)]
         if cfg.model.sync_bn and self.world.size > 1:
             self.nets = [distributed.sync_batchnorm(n) for n in self.nets]
-        train_store, val_store, *pool_store = ensure_data(cfg, self.progress)
         pool_store = pool_store[0] if pool_store else train_store
         lab, unl = split_rows(cfg, len(train_store), len(pool_store) if cfg.data.unlabeled_split else None)
         # every random draw of a step comes from this generator, on the run's device: no host-to-device
@@ -91,10 +90,11 @@ class Trainer:
         # the unlabeled pool exists for every method: supervised runs are probed on it too
         resident = int(cfg.data.resident_gb * 2 ** 30)
         self.batches = Batches(cfg, Pool(train_store, lab, self.device, resident),
-                               Pool(pool_store, unl, self.device, resident) if len(unl) else None, self.device, self.draws)
+                               Pool(pool_store, unl, self.device, resident, self.skeleton) if len(unl) else None,
+                               self.device, self.draws)
         if self.method.uses_unlabeled and self.batches.unlabeled_pool is None:
             raise DataError("this method needs unlabeled data but data.labeled leaves none")
-        self.val = val_set(cfg, val_store, self.device)
+        self.val = val_set(cfg, val_store, self.device, self.skeleton)
 
         for net, path in zip(self.nets, init_sources(t.init_from, len(self.nets))):
             load_net(net, path, self.device)
@@ -123,6 +123,9 @@ class Trainer:
         self.board = None  # TensorBoard (train.tensorboard), opened once the run folder exists
         self.data_clock = Stopwatch(self.device)  # the data path's share of a step, honestly timed on a GPU
 
+    def fresh_net(self):
+        return build_model(self.cfg.model, self.skeleton.num_joints, self.cfg.data.heatmap_stride)
+
     def save_artifact(self, name, arrays):
         if not self.world.main:
             return
@@ -133,7 +136,7 @@ class Trainer:
         derived from the run's and the step, so a resumed run draws the same weights."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step + i)
-            fresh = build_model(self.cfg.model, NUM_JOINTS, self.cfg.data.heatmap_stride)
+            fresh = self.fresh_net()
         self.nets[i].load_state_dict(fresh.state_dict())
         for p in self.nets[i].parameters():
             self.opt.state.pop(p, None)

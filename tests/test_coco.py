@@ -49,7 +49,8 @@ def test_splits_sizes_determinism_and_agreement_with_the_trainer(coco_root):
 
 
 def test_instance_filter_follows_the_papers_code(tmp_path):
-    from collapse.data.skeleton import NUM_JOINTS
+    from collapse.data.skeleton import COCO17
+    NUM_JOINTS = COCO17.num_joints
     kp = [10, 10, 2] + [0, 0, 0] * (NUM_JOINTS - 1)
     none = [0, 0, 0] * NUM_JOINTS
     ann = lambda i, **kw: dict(dict(id=i, image_id=1, category_id=1, bbox=[0, 0, 10, 20], area=200, iscrowd=0,

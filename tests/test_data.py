@@ -78,10 +78,10 @@ def _gt_results(coco, jitter=0.0, seed=0):
 def test_ground_truth_scores_ap_one_and_jitter_lowers_it_in_order(synth_root):
     coco = load_coco(annotation_path(synth_root, "val"))
     inst, kp, res = _gt_results(coco)
-    m = coco_ap(coco, res, inst["image_id"])
+    m = coco_ap(coco, res, inst["image_id"], inst["skeleton"])
     assert m["AP"] == 1.0 and m["AR"] == 1.0
     assert pck(kp[..., :2], inst["keypoints"], inst["bbox"]) == 1.0
-    aps = [coco_ap(coco, _gt_results(coco, j)[2], inst["image_id"])["AP"] for j in (0.02, 0.05, 0.1, 0.2)]
+    aps = [coco_ap(coco, _gt_results(coco, j)[2], inst["image_id"], inst["skeleton"])["AP"] for j in (0.02, 0.05, 0.1, 0.2)]
     assert 1.0 > aps[0] > aps[1] > aps[2] > aps[3] >= 0.0, aps
 
 

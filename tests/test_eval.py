@@ -39,7 +39,8 @@ def test_flip_test_of_a_symmetric_input_is_symmetric():
     # so the decoded left and right joints are mirror images of each other (a centre joint's own map is
     # symmetric, with mirror-image twin peaks, so its argmax may fall on either: left out)
     xy, _ = decode(h)
-    from collapse.data.skeleton import FLIP_INDEX
+    from collapse.data.skeleton import COCO17
+    FLIP_INDEX = COCO17.flip_index
     paired = [j for j in range(17) if FLIP_INDEX[j] != j]
     other = [FLIP_INDEX[j] for j in paired]
     assert torch.allclose(xy[:, paired, 0], 24 - xy[:, other, 0], atol=1e-4)

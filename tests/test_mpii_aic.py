@@ -1,5 +1,6 @@
-"""MPII and AI Challenger files written here in their published formats: conversion to COCO-17, crop stores,
-bad files, PCKh, an MPII + AIC run scored by PCKh, and `collapse evaluate`."""
+"""MPII and AI Challenger files written here in their published formats: conversion to COCO format in each
+set's own skeleton, crop stores, bad files, PCKh by the standard protocol (against numbers computed by hand),
+an MPII + AIC run scored by PCKh, and `collapse evaluate`."""
 import hashlib
 import json
 import os
@@ -12,7 +13,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from collapse.data.skeleton import JOINTS, MPII_JOINTS
+from collapse.data.skeleton import AIC14, MPII16
+
+MPII_JOINTS, AIC = MPII16.joints, AIC14.joints
 from collapse.evaluate import pckh
 from conftest import REPO
 
@@ -79,24 +82,26 @@ def mpii_aic(tmp_path_factory):
     return t, root
 
 
-def test_mpii_converts_to_coco17_with_boxes_head_sizes_and_stores(mpii_aic):
+def test_mpii_converts_in_its_own_skeleton_with_boxes_head_sizes_and_stores(mpii_aic):
     t, root = mpii_aic
     coco = json.load(open(root / "annotations" / "person_keypoints_mpii_train.json"))
     assert len(coco["images"]) == 6 and len(coco["annotations"]) == 7
+    assert coco["categories"][0]["keypoints"] == list(MPII_JOINTS)                   # the file names its skeleton
     assert coco["images"][0]["width"] == W and coco["images"][0]["height"] == H
     first = coco["annotations"][0]
-    kp = np.array(first["keypoints"]).reshape(17, 3)
-    assert kp[JOINTS.index("right_ankle")].tolist() == [70, 110, 2]                 # Matlab's 1-based -> 0-based
-    assert kp[JOINTS.index("left_wrist")].tolist() == [W + 14, 69, 2]               # outside the image: kept, labeled
-    assert (kp[:5] == 0).all()                                                       # no face in MPII: unlabeled
-    assert first["num_keypoints"] == 12 and first["head_size"] == pytest.approx(0.6 * np.sqrt(2) * 15, abs=1e-3)
+    kp = np.array(first["keypoints"]).reshape(16, 3)
+    assert kp[MPII_JOINTS.index("right_ankle")].tolist() == [70, 110, 2]            # Matlab's 1-based -> 0-based
+    assert kp[MPII_JOINTS.index("left_wrist")].tolist() == [W + 14, 69, 2]          # outside the image: kept, labeled
+    assert kp[MPII_JOINTS.index("head_top")].tolist() == [80, 25, 2]                # MPII's own joints are kept
+    assert first["num_keypoints"] == 16 and first["head_size"] == pytest.approx(0.6 * np.sqrt(2) * 15, abs=1e-3)
     assert first["bbox"] == pytest.approx([80 - 45, 65 + 6.75 - 45, 90, 90])       # SimpleBaseline: y + 15 s, 200 s
-    hidden = np.array(coco["annotations"][1]["keypoints"]).reshape(17, 3)
-    assert hidden[JOINTS.index("left_wrist")].tolist() == [0, 0, 0] and coco["annotations"][1]["num_keypoints"] == 11
+    hidden = np.array(coco["annotations"][1]["keypoints"]).reshape(16, 3)
+    assert hidden[MPII_JOINTS.index("left_wrist")].tolist() == [0, 0, 0] and coco["annotations"][1]["num_keypoints"] == 15
     assert sorted(a["num_keypoints"] for a in coco["annotations"])[0] == 0            # the person without keypoints
     from collapse.data.store import CropStore, store_path
     store = CropStore(store_path(str(root), "mpii_train", (64, 64), 1.25))
     assert len(store) == 6 and np.isfinite(store.meta["head_size"]).all()             # ... is kept out of the store
+    assert store.skeleton is MPII16 and store.meta["keypoints"].shape[1:] == (16, 3)
 
 
 def test_the_official_mat_gives_head_boxes_and_visibility(tmp_path):
@@ -118,19 +123,39 @@ def test_the_official_mat_gives_head_boxes_and_visibility(tmp_path):
     assert r.returncode == 0, r.stderr
     ann, = json.load(open(tmp_path / "root" / "annotations" / "person_keypoints_mpii_mat.json"))["annotations"]
     assert ann["head_size"] == pytest.approx(0.6 * 50, abs=1e-3)                     # 0.6 x the head box's diagonal
-    kp = np.array(ann["keypoints"]).reshape(17, 3)
-    assert kp[JOINTS.index("right_ankle")].tolist() == [49, 59, 2] and kp[JOINTS.index("left_wrist")][2] == 2
-    assert ann["num_keypoints"] == 2                                                 # the head top has no COCO channel
+    kp = np.array(ann["keypoints"]).reshape(16, 3)
+    assert kp[MPII_JOINTS.index("right_ankle")].tolist() == [49, 59, 2] and kp[MPII_JOINTS.index("left_wrist")][2] == 2
+    assert kp[MPII_JOINTS.index("head_top")].tolist() == [50, 60, 1]                 # labeled, not visible
+    assert ann["num_keypoints"] == 3
 
 
-def test_ai_challenger_both_formats_map_visibility_and_joints(mpii_aic, tmp_path):
+def test_json_with_the_evaluation_files_head_boxes_uses_them_and_a_count_mismatch_is_one_line(mpii_aic, tmp_path):
+    t, _ = mpii_aic
+    boxes = np.zeros((2, 2, 2))
+    boxes[0, :, 0], boxes[1, :, 0] = (10, 20), (40, 60)                               # diagonal 50
+    boxes[0, :, 1], boxes[1, :, 1] = (0, 0), (6, 8)                                   # diagonal 10
+    scipy.io.savemat(tmp_path / "gt_valid.mat", {"headboxes_src": boxes})
+    r = _prepare("mpii", t / "valid.json", str(t / "mpii_images"), tmp_path / "root", "v", "--head-boxes",
+                 str(tmp_path / "gt_valid.mat"))
+    assert r.returncode == 0, r.stderr
+    anns = json.load(open(tmp_path / "root" / "annotations" / "person_keypoints_v.json"))["annotations"]
+    assert [a["head_size"] for a in anns] == pytest.approx([30.0, 6.0])              # 0.6 x diagonal, file order
+    scipy.io.savemat(tmp_path / "three.mat", {"headboxes_src": np.zeros((2, 2, 3))})
+    r = _prepare("mpii", t / "valid.json", str(t / "mpii_images"), tmp_path / "out", "v", "--head-boxes",
+                 str(tmp_path / "three.mat"))
+    assert r.returncode == 2 and "expected 2 x 2 x 2" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_ai_challenger_both_formats_keep_its_joints_and_map_visibility(mpii_aic, tmp_path):
     t, root = mpii_aic
     coco = json.load(open(root / "annotations" / "person_keypoints_aic_train.json"))
-    kp = np.array(coco["annotations"][0]["keypoints"]).reshape(17, 3)
+    assert coco["categories"][0]["keypoints"] == list(AIC)
+    kp = np.array(coco["annotations"][0]["keypoints"]).reshape(14, 3)
     # AIC order: r_shoulder (vis 1 -> 2), r_elbow (2 -> 1), r_wrist (3 -> unlabeled), l_shoulder (1 -> 2) ...
-    assert kp[JOINTS.index("right_shoulder")].tolist() == [40, 20, 2]
-    assert kp[JOINTS.index("right_elbow")].tolist() == [45, 26, 1]
-    assert kp[JOINTS.index("right_wrist")].tolist() == [0, 0, 0]
+    assert kp[AIC.index("right_shoulder")].tolist() == [40, 20, 2]
+    assert kp[AIC.index("right_elbow")].tolist() == [45, 26, 1]
+    assert kp[AIC.index("right_wrist")].tolist() == [0, 0, 0]
     assert coco["annotations"][0]["bbox"] == [30, 10, 90, 105]
     style = dict(images=[dict(id=7, file_name="aic0.jpg", width=W, height=H)],
                  annotations=[dict(id=1, image_id=7, bbox=[30, 10, 90, 105], category_id=1,
@@ -141,8 +166,23 @@ def test_ai_challenger_both_formats_map_visibility_and_joints(mpii_aic, tmp_path
     r = _prepare("aic", tmp_path / "aic_coco.json", str(t / "aic_images"), tmp_path / "root", "aic_coco")
     assert r.returncode == 0, r.stderr
     kp = np.array(json.load(open(tmp_path / "root" / "annotations" / "person_keypoints_aic_coco.json"))
-                  ["annotations"][0]["keypoints"]).reshape(17, 3)
-    assert kp[JOINTS.index("right_shoulder")][2] == 0 and kp[JOINTS.index("right_elbow")].tolist() == [45, 26, 1]
+                  ["annotations"][0]["keypoints"]).reshape(14, 3)
+    assert kp[AIC.index("right_shoulder")][2] == 0 and kp[AIC.index("right_elbow")].tolist() == [45, 26, 1]
+
+
+def test_an_aic_pool_beside_mpii_carries_its_keypoints_over_by_joint_name(mpii_aic):
+    import torch
+    from collapse.data.store import CropStore, Pool, store_path
+    _, root = mpii_aic
+    store = CropStore(store_path(str(root), "aic_train", (64, 64), 1.25))
+    assert store.skeleton is AIC14
+    pool = Pool(store, np.arange(len(store)), torch.device("cpu"), skeleton=MPII16)
+    kp, own = pool.keypoints.numpy(), store.meta["keypoints"]
+    assert kp.shape == (len(store), 16, 3)
+    for name in ("right_shoulder", "left_ankle", "head_top"):
+        assert (kp[:, MPII_JOINTS.index(name)] == own[:, AIC.index(name)]).all()
+    for name in ("pelvis", "thorax", "upper_neck"):                                  # AIC lacks them: unlabeled
+        assert (kp[:, MPII_JOINTS.index(name)] == 0).all()
 
 
 @pytest.mark.parametrize("kind, content, expect", [
@@ -166,17 +206,40 @@ def test_a_malformed_file_is_one_line_exit_2_and_writes_nothing(mpii_aic, tmp_pa
     assert not out.exists()
 
 
-def test_pckh_of_ground_truth_is_one_and_falls_with_jitter_in_order():
-    rng = np.random.default_rng(0)
-    kp = np.concatenate([rng.uniform(0, 200, (50, 17, 2)), np.full((50, 17, 1), 2.0)], -1)
-    kp[:, :5, 2] = 0
-    head = rng.uniform(20, 40, 50)
-    assert pckh(kp[..., :2], kp, head)["PCKh@0.5"] == 1.0
-    scores = [pckh(kp[..., :2] + rng.normal(0, s, (50, 17, 2)) * head[:, None, None], kp, head)["PCKh@0.5"]
-              for s in (0.1, 0.3, 0.6, 1.2)]
-    assert scores == sorted(scores, reverse=True) and scores[0] > 0.9 and scores[-1] < 0.4
-    groups = pckh(kp[..., :2], kp, head, 0.1)
-    assert set(groups) == {"PCKh@0.1", *(f"PCKh@0.1/{g}" for g in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle"))}
+def _placed(errors, labeled=None):
+    """Ground truth at the origin + 100 px per joint, predictions moved right by `errors` (16,) px."""
+    gt = np.zeros((16, 3))
+    gt[:, 0], gt[:, 2] = np.arange(16) * 100.0, 2.0
+    if labeled is not None:
+        gt[:, 2] = np.where(labeled, 2.0, 0.0)
+    pred = gt[:, :2] + np.stack([np.asarray(errors, dtype=float), np.zeros(16)], 1)
+    return pred, gt
+
+
+def test_pckh_follows_the_standard_mpii_protocol_on_numbers_computed_by_hand():
+    j = {n: k for k, n in enumerate(MPII_JOINTS)}
+    # person A (head size 10): exact but for the right wrist at exactly 0.5 x 10 (correct: <=), the left wrist
+    # at 6 (wrong) and pelvis and thorax far off (left out of the mean)
+    err_a = np.zeros(16)
+    err_a[j["right_wrist"]], err_a[j["left_wrist"]], err_a[j["pelvis"]], err_a[j["thorax"]] = 5, 6, 100, 100
+    # person B (head size 20): every joint 11 px off (wrong at 0.5 x 20) but the head top; left ankle unlabeled
+    err_b = np.full(16, 11.0)
+    err_b[j["head_top"]] = 0
+    # person C: no head size, not scored however wrong
+    preds, gts = zip(_placed(err_a), _placed(err_b, np.arange(16) != j["left_ankle"]), _placed(np.full(16, 50.0)))
+    coords, kp, head = np.stack(preds), np.stack(gts), np.array([10.0, 20.0, np.nan])
+    half = pckh(coords, kp, head, MPII16, 0.5)
+    # scored joints: 14 of A + 13 of B labeled = 27; correct: 13 of A (all but the left wrist) + B's head top
+    assert half["PCKh@0.5"] == pytest.approx(14 / 27)
+    assert half["PCKh@0.5/head"] == 1.0
+    assert half["PCKh@0.5/wrist"] == pytest.approx((0.5 + 0.0) / 2)                 # right 1/2, left 0/2
+    assert half["PCKh@0.5/ankle"] == pytest.approx((0.5 + 1.0) / 2)                 # left ankle: A only
+    for group in ("shoulder", "elbow", "hip", "knee"):
+        assert half[f"PCKh@0.5/{group}"] == 0.5
+    tenth = pckh(coords, kp, head, MPII16, 0.1)
+    assert tenth["PCKh@0.1"] == pytest.approx(13 / 27)                               # A: 12 exact; B: the head top
+    assert set(tenth) == {"PCKh@0.1", *(f"PCKh@0.1/{g}" for g in ("head", "shoulder", "elbow", "wrist", "hip",
+                                                                   "knee", "ankle"))}
 
 
 def test_mpii_labeled_and_aic_unlabeled_train_scored_by_pckh_then_reevaluated(mpii_aic, tmp_path):
@@ -189,7 +252,8 @@ def test_mpii_labeled_and_aic_unlabeled_train_scored_by_pckh_then_reevaluated(mp
              "train.device=cpu", "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
     m = pd.read_parquet(os.path.join(out, "metrics.parquet"))
-    assert {"PCKh@0.5/net0", "PCKh@0.1/ens", "PCKh@0.5/wrist/net1"} <= set(m.name) and "AP/net0" not in set(m.name)
+    assert {"PCKh@0.5/net0", "PCKh@0.1/ens", "PCKh@0.5/wrist/net1", "PCKh@0.5/head/net0"} <= set(m.name)
+    assert "AP/net0" not in set(m.name)
     assert 0 <= m[m.name == "PCKh@0.5/net0"].value.iloc[0] <= 1
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     from collapse.runs import final_value

@@ -3,7 +3,7 @@ import torch
 
 from collapse.augment import ViewMaker, about_centre, swap_flipped, transform_points, warp
 from collapse.config import AugmentConfig
-from collapse.data.skeleton import FLIP_INDEX
+from collapse.data.skeleton import COCO17
 from collapse.draws import Draws
 from collapse.heatmaps import decode, gaussian_targets
 
@@ -84,7 +84,7 @@ def test_flip_is_a_mirror_with_joint_swap():
     assert torch.allclose(out[1, 0], torch.tensor([10.0, 20.0]))
     t = torch.arange(17.0).repeat(2, 1)
     swapped = swap_flipped(t, torch.tensor([True, False]))
-    assert swapped[0].tolist() == [float(i) for i in FLIP_INDEX] and swapped[1].tolist() == t[1].tolist()
+    assert swapped[0].tolist() == [float(i) for i in COCO17.flip_index] and swapped[1].tolist() == t[1].tolist()
 
 
 def test_targets_are_vectorised_gaussians_with_unit_peak_on_pixel_centres():

@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from ..errors import DataError  # noqa: F401  (re-exported: a problem with the user's data)
-from .skeleton import NUM_JOINTS, PERSON
+from .skeleton import PERSON, of_category
 
 
 def annotation_path(root, split):
@@ -56,9 +56,14 @@ def person_instances(coco, path="annotations", require_keypoints=True):
     """Instances usable for training/evaluation, in the file's image order then annotation order.
 
     Kept as the paper's code does: person category, not crowd, area > 0, a box with positive size,
-    and at least one labeled keypoint. Returns a dict of numpy arrays.
+    and at least one labeled keypoint. Returns a dict of numpy arrays and the file's `skeleton` (named by its
+    person category's keypoints, else by the first annotation's count).
     """
-    person = [c["id"] for c in coco.dataset["categories"] if c.get("name") == "person"] or [PERSON]
+    categories = [c for c in coco.dataset["categories"] if isinstance(c, dict) and c.get("name") == "person"]
+    person = [c["id"] for c in categories] or [PERSON]
+    first = next((a.get("keypoints") for a in coco.dataset["annotations"] if isinstance(a.get("keypoints"), list)), None)
+    skeleton = of_category(categories[0] if categories else {}, len(first) // 3 if first else 17)
+    k = skeleton.num_joints
     rows = []
     for img in coco.dataset["images"]:
         if not isinstance(img, dict) or not {"id", "file_name", "width", "height"} <= set(img):
@@ -66,10 +71,10 @@ def person_instances(coco, path="annotations", require_keypoints=True):
         for ann in coco.imgToAnns.get(img["id"], []):
             if ann.get("category_id") not in person or ann.get("iscrowd", 0):
                 continue
-            kps, box = ann.get("keypoints", None if require_keypoints else [0] * 3 * NUM_JOINTS), ann.get("bbox")
-            if not isinstance(kps, list) or len(kps) != 3 * NUM_JOINTS:
+            kps, box = ann.get("keypoints", None if require_keypoints else [0] * 3 * k), ann.get("bbox")
+            if not isinstance(kps, list) or len(kps) != 3 * k:
                 raise DataError(f"{path}: annotation {ann.get('id')} has {len(kps) if isinstance(kps, list) else 'no'} "
-                                f"keypoint values, expected {3 * NUM_JOINTS}")
+                                f"keypoint values, expected {3 * k} ({skeleton.name})")
             if not isinstance(box, list) or len(box) != 4:
                 raise DataError(f"{path}: annotation {ann.get('id')} has no [x, y, w, h] bbox")
             x, y, w, h = box
@@ -87,7 +92,8 @@ def person_instances(coco, path="annotations", require_keypoints=True):
         file_name=np.array([r[2] for r in rows]),
         bbox=np.array([r[5] for r in rows], dtype=np.float64),
         area=np.array([r[6] for r in rows], dtype=np.float64),
-        keypoints=np.array([r[7] for r in rows], dtype=np.float64).reshape(-1, NUM_JOINTS, 3),
+        keypoints=np.array([r[7] for r in rows], dtype=np.float64).reshape(-1, k, 3),
         score=np.array([r[8] for r in rows], dtype=np.float64),
         head_size=np.array([r[9] for r in rows], dtype=np.float64),  # PCKh's scale (MPII, AIC), NaN elsewhere
+        skeleton=skeleton,
     )

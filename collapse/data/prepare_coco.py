@@ -19,7 +19,7 @@ import numpy as np
 
 from ..runs import atomic_write_json
 from .coco import DataError, annotation_path, load_coco, person_instances
-from .skeleton import JOINTS, PERSON
+from .skeleton import COCO17, PERSON, of_category
 from .store import build
 
 SPLIT_SIZES = (1000, 5000, 10000, -1)
@@ -69,18 +69,21 @@ def detection_split(root, images_file, detections, out_split, min_score=0.5):
     if not isinstance(dets, list) or not all(isinstance(d, dict) and {"image_id", "bbox", "score"} <= set(d) for d in dets):
         raise DataError(f"{detections} must be a list of detections with image_id, bbox and score")
     images = {im["id"] for im in info["images"]}
+    # the images file's skeleton (a val split's), COCO-17 for an image list without one (image_info_*.json)
+    person = [c for c in info.get("categories", []) if isinstance(c, dict) and c.get("name") == "person"]
+    skeleton = of_category(person[0], COCO17.num_joints) if person else COCO17
     anns = []
     for d in dets:
         x, y, w, h = d["bbox"]
         if d.get("category_id", PERSON) != PERSON or d["score"] < min_score or d["image_id"] not in images or w <= 0 or h <= 0:
             continue
         anns.append(dict(id=len(anns) + 1, image_id=d["image_id"], category_id=PERSON, bbox=[x, y, w, h], area=w * h,
-                         iscrowd=0, num_keypoints=0, keypoints=[0] * 3 * len(JOINTS), score=d["score"]))
+                         iscrowd=0, num_keypoints=0, keypoints=[0] * 3 * skeleton.num_joints, score=d["score"]))
     if not anns:
         raise DataError(f"{detections}: no person detections with score >= {min_score} on these images")
     atomic_write_json(annotation_path(root, out_split), dict(
         images=info["images"], annotations=anns,
-        categories=[dict(id=1, name="person", supercategory="person", keypoints=list(JOINTS))]))
+        categories=[skeleton.category()]))
     return len(anns)
 
 

@@ -107,8 +107,16 @@ class ValSet:
     detections: bool                 # detected boxes (eval.boxes): no keypoints, no PCK
     head_size: np.ndarray = None     # (N,) PCKh's unit in image pixels (MPII, AIC; NaN where unknown)
 
+    @property
+    def skeleton(self):
+        return self.pool.skeleton
 
-def val_set(cfg: Config, store, device):
+
+def val_set(cfg: Config, store, device, skeleton=None):
+    """The ValSet of a val store; `skeleton`: the run's (the nets' channels), which the val split must share."""
+    if skeleton is not None and store.skeleton is not skeleton:
+        raise DataError(f"data.val_split {cfg.data.val_split} is in the {store.skeleton.name} skeleton, the run's "
+                        f"labeled split in {skeleton.name}: a run is scored on the skeleton it trains")
     pool = Pool(store, val_rows(cfg, store), device)
     kp = store.meta["keypoints"][pool.rows]  # in the stored crop's frame: carried back to the image's
     crop = torch.as_tensor(store.meta["crop"][pool.rows])

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..augment import transform_points, warp
 from ..runs import atomic_write_json
 from .coco import DataError, annotation_path, image_dir, load_coco, person_instances
+from .skeleton import SKELETONS, for_channels
 
 try:  # TorchCodec, the PyTorch ecosystem's image decoder (torchvision's is deprecated since 0.29), needs
     from torchcodec.decoders import decode_image, decode_jpeg  # torch >= 2.11: an older host decodes with PIL
@@ -66,6 +67,12 @@ class CropStore:
     @property
     def store_hw(self):
         return tuple(self.info["store_hw"])
+
+    @property
+    def skeleton(self):
+        """The skeleton of the file the store was cut from (stores from before skeletons: by joint count)."""
+        name = self.info.get("skeleton")
+        return SKELETONS[name] if name else for_channels(self.meta["keypoints"].shape[1])
 
 
 def store_path(root, split, input_hw, margin):
@@ -205,7 +212,7 @@ def _build_locked(path, inst, images, ann_file, input_hw, margin, progress, work
     os.remove(done_path)
     atomic_write_json(os.path.join(work, "info.json"), dict(
         count=n, store_hw=list(shw), input_hw=list(input_hw), margin=margin, split=split,
-        annotations=os.path.abspath(ann_file)))
+        annotations=os.path.abspath(ann_file), skeleton=inst["skeleton"].name))
     os.rename(work, path)
 
 
@@ -216,19 +223,21 @@ def _save_done(path, done):
 
 
 class Pool:
-    """A set of store rows ready on the device: uint8 crops and keypoints.
+    """A set of store rows ready on the device: uint8 crops and keypoints (in `skeleton`, the run's: a store of
+    another skeleton has its keypoints carried over by joint name).
 
     Crops are uploaded once when they fit (`resident`); otherwise rows are gathered from the memory map:
     a training stream's batches ahead of time (collapse.data.read_ahead), other reads (evaluation,
     probes, pseudo-labels) when asked, moved as uint8."""
 
-    def __init__(self, store, rows, device, resident_bytes=8 << 30):
+    def __init__(self, store, rows, device, resident_bytes=8 << 30, skeleton=None):
         self.store, self.rows, self.device = store, np.asarray(rows), device
+        self.skeleton = skeleton or store.skeleton
         nbytes = len(self.rows) * int(np.prod(store.crops.shape[1:]))
         self.resident = nbytes <= resident_bytes
         if self.resident:
             self.crops = torch.from_numpy(np.ascontiguousarray(store.crops[self.rows])).to(device)
-        self.keypoints = torch.as_tensor(store.meta["keypoints"][self.rows]).to(device)
+        self.keypoints = torch.as_tensor(self.skeleton.take(store.meta["keypoints"][self.rows], store.skeleton)).to(device)
 
     def __len__(self):
         return len(self.rows)

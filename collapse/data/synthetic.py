@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..runs import atomic_write_text
-from .skeleton import COCO_PERSON_CATEGORY, NUM_JOINTS, PERSON, labeled
+from .skeleton import COCO17, PERSON, labeled
 
 SPLITS = {"train": 0, "val": 1}
 OCCLUDER_ID = 250
@@ -63,7 +63,7 @@ def _pose(rng, height):
     h = height
     facing = 1.0 if rng.random() < 0.8 else -1.0  # +1: faces the camera, the person's left is image-right
     wf = rng.uniform(0.55, 1.05)  # body turn: shoulder/hip width foreshortening
-    j = np.zeros((NUM_JOINTS, 2))
+    j = np.zeros((COCO17.num_joints, 2))
     neck = np.array([0.0, -0.30 * h])
     sh, hip = 0.11 * h * wf, 0.07 * h * wf
     j[LSHO], j[RSHO] = neck + (facing * sh, 0.02 * h), neck + (-facing * sh, 0.02 * h)
@@ -195,7 +195,7 @@ def render(seed, split, index):
     people = [_person(rng, w, h) for _ in range(n_people)]
     owners = []  # per person: joint -> part ids that own it
     for pi, p in enumerate(people):
-        own = {k: set() for k in range(NUM_JOINTS)}
+        own = {k: set() for k in range(COCO17.num_joints)}
         dark = _colour(rng, (30, 30, 30), 25)
         for qi, (kind, geom, width, colour, joints) in enumerate(_parts(p, rng)):
             pid = 1 + pi * 16 + qi
@@ -221,7 +221,7 @@ def render(seed, split, index):
         ys, xs = np.nonzero(mask)
         x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         kps = []
-        for k in range(NUM_JOINTS):
+        for k in range(COCO17.num_joints):
             x, y = p["joints"][k]
             xi, yi = int(round(x)), int(round(y))
             if not (0 <= xi < w and 0 <= yi < h):
@@ -267,7 +267,7 @@ def write_split(root, split, count, seed, workers=None):
         for a in anns:
             annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, **a))
     data = dict(info=dict(description=f"collapse synthetic persons, split {split}, seed {seed}"),
-                images=images, annotations=annotations, categories=[COCO_PERSON_CATEGORY])
+                images=images, annotations=annotations, categories=[COCO17.category()])
     path = os.path.join(ann_dir, f"person_keypoints_{split}.json")
     atomic_write_text(path, json.dumps(data, sort_keys=True, separators=(",", ":")))
     return path

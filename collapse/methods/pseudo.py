@@ -17,7 +17,7 @@ import torch
 
 from ..augment import about_centre, normalise, strong_photometric, transform_points, warp
 from ..config import ConfigError
-from ..data.skeleton import OKS_SIGMAS
+from ..data.skeleton import for_channels
 from ..heatmaps import decode
 from ..models import evaluating
 from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
@@ -75,7 +75,7 @@ def net_predict(net):
 def agreement(kp_a, kp_final, conf_final, area):
     """ST++'s reliability score for pose: OKS between a checkpoint's keypoints and the final checkpoint's,
     over the joints the final one is confident about (> IN_VIS_THRE); s^2 = the instance area (store frame)."""
-    k2 = (2 * torch.as_tensor(OKS_SIGMAS, dtype=kp_a.dtype, device=kp_a.device)) ** 2
+    k2 = (2 * torch.as_tensor(for_channels(kp_a.shape[1]).sigmas, dtype=kp_a.dtype, device=kp_a.device)) ** 2
     d2 = ((kp_a - kp_final) ** 2).sum(-1)
     oks = torch.exp(-d2 / (2 * area[:, None] * k2 + 1e-9))
     gate = (conf_final > IN_VIS_THRE).float()

@@ -33,11 +33,18 @@ MODELS = {
 }
 
 
-def build_model(cfg, joints, stride):
+def check_model(cfg, stride):
+    """A ModelError for a model that cannot be built, before anything costly is done."""
     if cfg.name not in MODELS:
         raise ModelError(f"unknown model '{cfg.name}' (choose from {', '.join(MODELS)})")
     if cfg.name.startswith("hrnet") and stride != 4:
         raise ModelError(f"{cfg.name} predicts heatmaps at stride 4: set data.heatmap_stride=4")
+    if cfg.pretrained and not cfg.name.startswith(("resnet", "hrnet")):
+        raise ModelError("model.pretrained applies to resnet and hrnet models")
+
+
+def build_model(cfg, joints, stride):
+    check_model(cfg, stride)
     net = MODELS[cfg.name](cfg, joints, stride)
     if cfg.pretrained:
         if cfg.name.startswith("resnet"):
@@ -46,8 +53,6 @@ def build_model(cfg, joints, stride):
         elif cfg.name.startswith("hrnet"):
             from .hrnet import load_hrnet_pretrained
             load_hrnet_pretrained(net, cfg.pretrained)
-        else:
-            raise ModelError("model.pretrained applies to resnet and hrnet models")
     return net
 
 
