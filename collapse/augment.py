@@ -4,7 +4,7 @@ Coordinates are continuous pixel coordinates everywhere (pixel k covers [k, k+1)
 the convention of COCO boxes and of `grid_sample(..., align_corners=False)`, which is the one choice used
 throughout. A view is a (B, 3, 3) matrix mapping source pixels to view pixels. Views are built in
 pixel space, so a rotation is a true rotation on non-square crops (the original code rotated in
-normalised coordinates, which shears 3:4 crops; see README, Design).
+normalised coordinates, which shears 3:4 crops; see docs/design.md, "Design notes and deviations").
 
 easy view   A_e = E o base           (E: rotation, scale, horizontal flip about the crop centre)
 hard view   A_h = X o A_e            (X: an extra rotation + scale, no flip)

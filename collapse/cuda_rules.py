@@ -203,7 +203,7 @@ def variant_config(data_root, variant, *more, device="cpu"):
 def audit_variant(trainer, warmup=2, steps=None, gpu_branch=True):
     """Run `trainer`'s steps (after `warmup` unrecorded ones: first calls build caches) under the recorder
     -> (syncs, low_precision), each a sorted list of distinct findings. Steps after which the method
-    changes stage (Method.stage_steps: allowed to wait; README, 'What may wait') are run but not held
+    changes stage (Method.stage_steps: allowed to wait; docs/speed_and_gpus.md, "What may wait") are run but not held
     against it."""
     stages = set(trainer.method.stage_steps())
     # on a GPU, Adam is fused (collapse/train.py): its step counters live on the device and nothing of it

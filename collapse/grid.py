@@ -36,7 +36,7 @@ import os
 from dataclasses import dataclass
 
 from . import config
-from .config import ConfigError
+from .errors import ConfigError
 from .executors import FINISHED, GridError, check_answers, run_local, run_ray, visible_gpus
 from .methods.registry import METHODS
 from .runs import RunDir, final_value, run_id

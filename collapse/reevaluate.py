@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from . import config, runs
-from .config import ConfigError
+from .errors import ConfigError
 from .data.splits import val_set, val_store
 from .device import resolve_device
 from .evaluate import evaluate

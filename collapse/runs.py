@@ -3,11 +3,13 @@
 Every file a run leaves is written to a temporary name in the same folder and renamed into place, so a
 reader (or a killed writer) never sees a half-written file.
 """
+import functools
 import hashlib
 import io
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,9 +101,37 @@ def final_value(final, name="AP"):
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def code_version():
+    """Which code made a run: a hash of the package's own source files (collapse/**/*.py, names and bytes:
+    the same on any copy of one tree), and, where the package sits in a git work tree, its commit and
+    whether tracked files differ from it."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha1()
+    for base, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".py"):
+                path = os.path.join(base, f)
+                h.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    out = dict(source_sha1=h.hexdigest())
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", os.path.dirname(root), *a], capture_output=True, text=True,
+                                        timeout=10)
+        commit = git("rev-parse", "HEAD")
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            out["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):  # no git on this host: the source hash stands alone
+        pass
+    return out
+
+
 def versions():
     return dict(python=platform.python_version(), torch=torch.__version__, numpy=numpy.__version__,
-                platform=platform.platform(), argv=" ".join(sys.argv))
+                platform=platform.platform(), argv=" ".join(sys.argv), code=code_version())
 
 
 class RunDir:

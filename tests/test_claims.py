@@ -142,7 +142,7 @@ def test_the_interval_keeps_its_coverage_at_every_number_of_seeds(draw):
     """4,000 simulated sets of paired differences per n (fixed seed): the 95% interval covers the true mean
     in >= 93% of them at n = 3, 5, 10, 20, on normal and on skewed (gamma, shape 4: skewness 1) differences.
     (The percentile bootstrap used from 10 seeds before 2026-12 covered 0.90 at n = 10. Stronger skew costs
-    coverage at small n: exponential differences, skewness 2, are covered 0.89 at n = 3-5, README.)"""
+    coverage at small n: exponential differences, skewness 2, are covered 0.89 at n = 3-5, docs/claims.md.)"""
     rng = np.random.default_rng(7)
     for n in (3, 5, 10, 20):
         d = rng.normal(0.3, 1.0, (4000, n)) if draw == "normal" else rng.gamma(4.0, 1.0, (4000, n))

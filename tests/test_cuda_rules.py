@@ -17,7 +17,7 @@ def test_every_registered_method_has_a_variant_in_the_audit():
 
 def test_no_step_of_any_method_waits_for_the_device_or_computes_geometry_in_bf16(synth_root, tmp_path):
     """The GPU branch of every step, in bf16 autocast: 0 host waits, 0 low-precision geometry sites (stage
-    changes of the pseudo-label family excepted: README, 'What may wait')."""
+    changes of the pseudo-label family excepted: docs/speed_and_gpus.md, "What may wait")."""
     report = audit(synth_root, str(tmp_path))
     assert {v: r for v, r in report.items() if r["syncs"] or r["low_precision"]} == {}
 

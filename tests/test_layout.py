@@ -74,3 +74,45 @@ def test_a_new_method_is_one_file_and_a_config(tmp_path, synth_root):
     label = subprocess.run([sys.executable, "-c", f"import analysis; print(analysis.load({str(tmp_path / 'runs')!r})[0].label[0])"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert label.stdout.strip() == "soft_threshold (power 3.0)", label.stderr[-2000:]
+
+
+def _slug(heading):
+    """GitHub's anchor for a Markdown heading."""
+    import re
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_path_link_and_section_the_docs_name_exists():
+    """README.md and docs/*.md: Markdown links (file and #section), backticked repository paths, and the
+    references of the form docs/NAME.md + a quoted section, made from code and configs all point at something that exists."""
+    import glob
+    import re
+    pages = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
+    assert len(pages) >= 8
+    headings = {p: {_slug(h) for h in re.findall(r"^#+ (.*)$", open(p).read(), re.M)} for p in pages}
+    missing = []
+    for page in pages:
+        text = open(page).read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith("http"):
+                continue
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(full):
+                missing.append(f"{os.path.basename(page)}: link {target}")
+            elif anchor and anchor not in headings.get(full, set()):
+                missing.append(f"{os.path.basename(page)}: section {target}")
+        for path in re.findall(r"`((?:collapse|analysis|configs|tests|notebooks|docs)/[\w./-]*[\w/])", text):
+            if "." not in path and not path.endswith("/"):
+                continue  # a name such as the logged `collapse/index`, not a file or folder
+            if not glob.glob(os.path.join(REPO, path.rstrip("/")) + "*"):
+                missing.append(f"{os.path.basename(page)}: path {path}")
+    sources = [p for pat in ("collapse/**/*.py", "analysis/**/*.py", "tests/*.py", "configs/**/*.yaml")
+               for p in glob.glob(os.path.join(REPO, pat), recursive=True)]
+    for src in sources:
+        for doc, name in re.findall(r"(docs/[a-z_]+\.md), [\"']([^\"']+)[\"']", open(src).read()):
+            if name not in open(os.path.join(REPO, doc)).read():
+                missing.append(f"{os.path.relpath(src, REPO)}: {doc} has no '{name}'")
+    assert not missing, "\n".join(missing)
+    assert len(open(pages[0]).read().splitlines()) <= 200  # the README is a front door; the rest is in docs/

@@ -23,7 +23,9 @@ def test_train_writes_the_run_folder_contract(synth_root, tmp_path):
     assert rc == 0
     m = json.load(open(os.path.join(out, "manifest.json")))
     assert m["status"] == "done" and len(m["run_id"]) == 10 and m["versions"]["torch"]
-    assert 0 < m["timing"]["data_share"] < 1
+    from collapse.runs import code_version
+    code = m["versions"]["code"]  # which code made the run: the package's source hash (and git, where there is one)
+    assert len(code["source_sha1"]) == 40 and code == code_version()
     metrics = pd.read_parquet(os.path.join(out, "metrics.parquet"))
     assert list(metrics.columns) == ["step", "split", "name", "value"]
     assert {"AP/net0", "AP/net1", "AP/ens", "PCK@0.1/net0", "loss/sup0", "loss/unsup1"} <= set(metrics.name)

@@ -2,7 +2,7 @@ import math
 from dataclasses import dataclass
 
 from ..augment import inverse, joint_cutout, randaugment, swap_flipped, transform_points
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..data.skeleton import labeled
 from ..heatmaps import decode
 
@@ -142,7 +142,7 @@ class Method:
 
     def stage_steps(self):
         """The step counts after which after_step changes the recipe's stage (labels a pool, restarts a
-        net): the only steps allowed to wait for the device (README, 'What may wait')."""
+        net): the only steps allowed to wait for the device (docs/speed_and_gpus.md, "What may wait")."""
         return ()
 
     def state_dict(self):

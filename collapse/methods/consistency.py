@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import CutoutSettings, Method, ViewSettings, heatmap_mse, one_of
-from ..config import ConfigError
+from ..errors import ConfigError
 from .registry import register
 
 

@@ -13,7 +13,7 @@ import torch
 from ..augment import warp
 from ..heatmaps import decode
 from ..occlude import PATHS, joint_cut_occlusion, occlude
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..data.batches import View
 from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from .registry import register

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Method, ViewSettings, heatmap_mse, one_of
 from .registry import register
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..augment import about_centre, normalise, strong_photometric, transform_points, warp
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..data.skeleton import for_channels
 from ..heatmaps import decode
 from ..models import evaluating

@@ -1,6 +1,6 @@
 """The methods by name. A method registers itself with @register("name"); its settings dataclass
 (`Method.Settings`) is what a config's `method:` mapping may hold when it names that method."""
-from ..config import ConfigError
+from ..errors import ConfigError
 
 METHODS = {}
 
