@@ -2,7 +2,7 @@
 sizes, cells = final OKS AP x 100 as mean +- std over seeds (n seeds shown when not all cells agree)."""
 import os
 
-from collapse.runs import atomic_write_text
+from collapse.runs import FINISHED, atomic_write_text
 
 from .detector import final_ap
 from .results import load, method_order
@@ -11,7 +11,7 @@ from .results import load, method_order
 def comparison(runs, metrics):
     """DataFrame (index label, columns labeled size) of 'mean +- std' strings, and the numeric frame."""
     t = runs.assign(AP=100 * final_ap(runs, metrics).values, labeled=runs.get("data.labeled", -1))
-    t = t[t.status.isin(["done", "collapsed"])].dropna(subset=["AP"])
+    t = t[t.status.isin(FINISHED)].dropna(subset=["AP"])
     g = t.groupby(["label", "labeled"]).AP.agg(["mean", "std", "count"]).reset_index()
     g["std"] = g["std"].fillna(0.0)
     g["cell"] = [f"{m:.1f} ± {s:.1f}" + ("" if n > 1 else " (1 seed)") for m, s, n in zip(g["mean"], g["std"], g["count"])]

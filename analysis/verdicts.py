@@ -21,7 +21,7 @@ from scipy import stats
 from collapse.methods import METHODS
 
 from collapse.errors import UserError
-from collapse.runs import atomic_write_json, atomic_write_text
+from collapse.runs import FINISHED, atomic_write_json, atomic_write_text
 
 from .detector import collapse_table, final_ap, setting_columns, setting_key
 from .results import load
@@ -90,7 +90,7 @@ def run_table(runs, metrics, probes):
     AP, AP_ens, vs_supervised, collapsed, stopped (ended early by train.stop_on_collapse), and the
     pseudo-label quantity / quality (tau WHY_TAU) of net 0 at its first and last probe. Two runs of one
     setting, variant and seed are refused."""
-    runs = runs[runs.status.isin(["done", "collapsed"])].reset_index(drop=True)
+    runs = runs[runs.status.isin(FINISHED)].reset_index(drop=True)
     if runs.empty:
         return pd.DataFrame(columns=RUN_COLUMNS)
     t = collapse_table(runs, probes, metrics)

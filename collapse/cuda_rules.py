@@ -206,7 +206,7 @@ def audit_variant(trainer, warmup=2, steps=None, gpu_branch=True):
     changes stage (Method.stage_steps: allowed to wait; docs/speed_and_gpus.md, "What may wait") are run but not held
     against it."""
     stages = set(trainer.method.stage_steps())
-    # on a GPU, Adam is fused (collapse/train.py): its step counters live on the device and nothing of it
+    # on a GPU, Adam is fused (collapse/train/setup.py): its step counters live on the device and nothing of it
     # is read on the host; the CPU's foreach Adam keeps them on the host, where reading them is free
     host_optimizer = not trainer.opt.defaults.get("fused")
     syncs, low = set(), set()

@@ -3,7 +3,8 @@
 Its table and figure come from the analysis package (analysis/demo.py)."""
 import os
 
-from .grid import FINISHED, expand, run_grid
+from .grid import expand, run_grid
+from .runs import FINISHED
 from .data.splits import ensure_data
 from .methods import METHODS
 

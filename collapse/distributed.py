@@ -6,7 +6,7 @@ LOCAL_RANK, MASTER_ADDR and MASTER_PORT works as it is, across machines included
 `torchrun --nproc-per-node N -m collapse train CONFIG ...`. NCCL on CUDA (process k on cuda:LOCAL_RANK),
 gloo on the CPU.
 
-What the ranks share and what only rank 0 does is the Trainer's business (collapse/train.py); this file
+What the ranks share and what only rank 0 does is the Trainer's business (collapse/train/loop.py); this file
 holds the pieces: who this process is, joining and leaving the group, the launcher, and the few
 collectives a step needs (buffers made equal, loss sums averaged, a decision broadcast)."""
 import ctypes

@@ -14,7 +14,7 @@ from .augment import about_centre, normalise, store_to_input, swap_flipped, tran
 from .data.skeleton import PERSON, for_channels, labeled
 from .errors import DataError
 from .heatmaps import decode, decode_dark
-from .models import evaluating
+from .models import evaluating, named_nets
 
 IN_VIS_THRE = 0.2  # joints above this confidence count in the instance score (SimpleBaseline rescoring)
 COCO_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -161,3 +161,17 @@ def evaluate(net, val, cfg):
     if not val.detections:
         metrics["PCK@0.1"] = pck(coords, val.keypoints, val.bbox)
     return metrics, results
+
+
+def evaluate_nets(nets, val, cfg, predictions=None):
+    """A run's evaluation: each net scored (and for several, their ensemble), {metric[/net name]: value};
+    with `predictions` (a path stem), each net's COCO results written beside it (stem_net0.json ...)."""
+    from .runs import atomic_write_json
+    out = {}
+    for name, net in named_nets(nets):
+        suffix = "" if len(nets) == 1 else f"/{name}"
+        metrics, results = evaluate(net, val, cfg)
+        out.update({k + suffix: v for k, v in metrics.items()})
+        if predictions:
+            atomic_write_json(f"{predictions}{suffix.replace('/', '_')}.json", results)
+    return out

@@ -14,9 +14,8 @@ import yaml
 
 from .data.splits import ensure_data
 from .errors import ConfigError
-from .runs import RunDir, atomic_write_text, run_id
+from .runs import FINISHED, RunDir, atomic_write_text, run_id
 
-FINISHED = ("done", "collapsed")
 
 
 class GridError(ConfigError):

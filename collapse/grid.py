@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 from . import config
 from .errors import ConfigError
-from .executors import FINISHED, GridError, check_answers, run_local, run_ray, visible_gpus
+from .executors import GridError, check_answers, run_local, run_ray, visible_gpus
 from .methods.registry import METHODS
-from .runs import RunDir, final_value, run_id
+from .runs import FINISHED, RunDir, final_value, run_id
 
 WARM_START = "warm_start"   # the folder of a grid's supervised stages, inside its results folder
 SECOND_NET_SEED = 1000      # net 1 of a two-net method starts from the stage of seed + this

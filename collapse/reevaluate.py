@@ -19,7 +19,7 @@ from .data.splits import val_set, val_store
 from .device import resolve_device
 from .evaluate import evaluate
 from .methods import method_class
-from .models import Average, build_model
+from .models import build_model, named_nets
 
 CHANGEABLE = ("eval.", "data.val_split=", "data.val=", "train.device=", "train.threads=")
 
@@ -64,7 +64,7 @@ def reevaluate(folder, overrides=(), echo=print):
             raise ConfigError(f"{folder}'s nets do not predict the {val.skeleton.num_joints} joints of data.val_split "
                               f"{cfg.data.val_split} ({val.skeleton.name})")
         nets.append(net)
-    named = [("net", nets[0])] if len(nets) == 1 else [(f"net{i}", n) for i, n in enumerate(nets)] + [("ens", Average(nets))]
+    named = named_nets(nets)
     final = run.file("evaluations", sid)
     tmp = run.file("evaluations", f".tmp-{sid}-{os.getpid()}")
     rows = []

@@ -62,6 +62,24 @@ def atomic_torch_save(path, obj):
     _atomic_write_bytes(path, buf.getvalue())
 
 
+FINISHED = ("done", "collapsed")  # a run's final statuses (a collapsed run stopped on train.stop_on_collapse)
+
+
+def collapsed_end(step):
+    """The manifest's end of a run stopped by train.stop_on_collapse."""
+    return dict(status="collapsed", collapse_step=step, reason=(
+        f"collapsed since step {step}: its unlabeled response or pseudo-label quality and its pseudo-label "
+        "quantity or AP fell together (collapse.monitor.detect)"))
+
+
+def timing_account(timing, steps, data_clock):
+    """The manifest's timing: the clocks' seconds, and the data path's share of training, the probes' share of
+    the run, and seconds per training step (training = total - evaluation - probes)."""
+    train_time = timing["total"] - timing["eval"] - timing["probe"]
+    return dict(timing, data_clock=data_clock, data_share=timing["data"] / max(train_time, 1e-9),
+                probe_share=timing["probe"] / max(timing["total"], 1e-9), seconds_per_step=train_time / max(steps, 1))
+
+
 # how a run is executed, not what it computes: these keys never change a run's identity (so a run resumes on
 # another device, with more threads or another checkpoint period), and never make another setting in analysis
 EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every", "train.tensorboard",
@@ -156,6 +174,21 @@ class RunDir:
         m["updated"] = time.time()
         atomic_write_json(self.file("manifest.json"), m)
         return m
+
+    def start(self, resolved, **fields):
+        """config.yaml and a manifest marked running: the run's id, method, code version and `fields`."""
+        self.write_config(resolved)
+        self.update_manifest(status="running", run_id=run_id(resolved), method=resolved["method"]["name"],
+                             versions=versions(), started=time.time(), **fields)
+
+    def write_npz(self, name, **arrays):
+        atomic_write_bytes_from(self.file(name), lambda f: numpy.savez(f, **arrays))
+
+    def write_tables(self, metrics, probes, probe_columns):
+        """metrics.parquet and probes.parquet from their rows, each written atomically."""
+        import pandas as pd
+        atomic_write_parquet(self.file("metrics.parquet"), pd.DataFrame(metrics, columns=["step", "split", "name", "value"]))
+        atomic_write_parquet(self.file("probes.parquet"), pd.DataFrame(probes, columns=probe_columns))
 
     def write_config(self, resolved):
         atomic_write_text(self.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))

@@ -141,7 +141,7 @@ def test_a_run_read_from_the_memory_map_resumes_exactly_across_a_change_of_subse
     first = Trainer(cfg, out)
     first.begin()
     while first.step < 9:  # inside the reliable stage (steps 6-10): the subset is set
-        first.accumulate(first.train_step())
+        first.train_step()
     assert first.batches.unlabeled_subset is not None
     first.save()
     first.batches.close()

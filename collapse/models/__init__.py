@@ -67,6 +67,14 @@ class Average(nn.Module):
         return torch.stack([n(x).float() for n in self.nets]).mean(0)
 
 
+def named_nets(nets):
+    """What a run's evaluation scores, by name: its one net ("net"), or each net ("net0", "net1", ...) and their
+    ensemble ("ens"). Metrics carry the name as a suffix (AP/net0), none for a single net (AP)."""
+    if len(nets) == 1:
+        return [("net", nets[0])]
+    return [(f"net{i}", n) for i, n in enumerate(nets)] + [("ens", Average(nets))]
+
+
 @contextmanager
 def evaluating(net):
     """Run `net` in eval mode (BatchNorm on its running statistics) and give it back in the mode it had:
