@@ -13,7 +13,8 @@ import os
 
 import pandas as pd
 
-from collapse.runs import EXECUTION, final_value
+from collapse.identity import NOT_SETTINGS
+from collapse.runs import final_value
 import numpy as np
 
 from collapse.monitor import FADE_RATIO, QUANTITY_TAU, detect, first_streak
@@ -21,15 +22,9 @@ from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, c
 
 REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
 
-# keys that do not make another setting: how a run was executed (collapse.runs.EXECUTION), whether it was
-# stopped at its collapse, and train.init_same (a two-net method's factor, shown in its label, whose runs
-# share the seed's supervised reference)
-IGNORED = EXECUTION + ("train.stop_on_collapse", "train.collapse_ratio", "train.init_same")
-
-
 def setting_columns(runs, across_seeds=False, without=()):
     """The config columns that make a setting (keys every run has: runs of older versions may lack new ones)."""
-    skip = set(IGNORED) | set(without) | ({"train.seed"} if across_seeds else set())
+    skip = set(NOT_SETTINGS) | set(without) | ({"train.seed"} if across_seeds else set())
     return sorted(c for c in runs.columns if "." in c and c.split(".")[0] in ("data", "augment", "model", "train", "eval")
                   and c not in skip and runs[c].notna().all())
 

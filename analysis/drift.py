@@ -32,8 +32,6 @@ def boundary_drift(runs, probes, split="unlabeled", net=0):
 
 
 def _hw(v):
-    if isinstance(v, str):
-        v = [int(x) for x in v.strip("[] ").split(",")]
     return int(v[0]), int(v[1])
 
 

@@ -1,6 +1,4 @@
 """Reading results folders into tidy pandas DataFrames. Works on runs in progress and failed runs too."""
-import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -8,22 +6,11 @@ import os
 import pandas as pd
 import yaml
 
-from collapse.config import Config
 from collapse.errors import UserError
 from collapse.grid import WARM_START
-from collapse.runs import LATER_KEYS
+from collapse.identity import flatten as _flatten, with_defaults  # noqa: F401  (re-exported)
 from collapse.methods import METHODS
 from collapse.probes import PROBE_COLUMNS
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v if not isinstance(v, list) else str(v)
-    return out
 
 
 def _read_parquet(path, columns):
@@ -84,29 +71,6 @@ def load(results_dir, stages=False):
     if not runs:
         raise NotResults(f"no runs in {results_dir} (a run folder holds manifest.json)")
     return pd.DataFrame(runs), pd.concat(metrics, ignore_index=True), pd.concat(probes, ignore_index=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _defaults():
-    """Every config key at its default, flattened (made once: read for each run loaded)."""
-    return _flatten(Config().to_dict())
-
-
-def with_defaults(flat):
-    """A run's flattened config with every key it lacks at its default (the one upgrade rule: a key added
-    after the run was made takes the value the run ran with, never drops the key for other runs): the
-    shared sections from collapse.config, method.* from the settings of the run's own method."""
-    name = flat.get("method.name")
-    if name not in METHODS:  # another trainer's run (collapse.monitor): its config is its own
-        return flat
-    out = {k: v for k, v in _defaults().items() if not k.startswith("method.")} | flat
-    for key, before in LATER_KEYS.items():  # a key added later: the value runs made before it ran with
-        if key.startswith("method.") and key[7:] in {f.name for f in dataclasses.fields(METHODS[name].Settings)}:
-            out.setdefault(key, before)
-    for f in dataclasses.fields(METHODS[name].Settings):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.setdefault(f"method.{f.name}", default if not isinstance(default, list) else str(default))
-    return out
 
 
 def stage_key(init_from, results_dir):

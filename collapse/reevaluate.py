@@ -18,10 +18,10 @@ from .errors import ConfigError
 from .data.splits import val_set, val_store
 from .device import resolve_device
 from .evaluate import evaluate
+from .identity import EVALUATION
 from .methods import method_class
 from .models import build_model, named_nets
 
-CHANGEABLE = ("eval.", "data.val_split=", "data.val=", "train.device=", "train.threads=")
 
 
 def _run_config(run, overrides):
@@ -44,7 +44,7 @@ def reevaluate(folder, overrides=(), echo=print):
     if not os.path.isfile(run.file("checkpoint.pt")):
         raise ConfigError(f"{folder} has no checkpoint.pt to evaluate")
     for item in overrides:
-        if not item.startswith(CHANGEABLE):
+        if not item.startswith(EVALUATION):
             raise ConfigError(f"collapse evaluate changes evaluation settings only (eval.*, data.val_split, data.val, "
                               f"train.device, train.threads), not '{item.split('=')[0]}'")
     cfg = _run_config(run, overrides)

@@ -80,31 +80,7 @@ def timing_account(timing, steps, data_clock):
                 probe_share=timing["probe"] / max(timing["total"], 1e-9), seconds_per_step=train_time / max(steps, 1))
 
 
-# how a run is executed, not what it computes: these keys never change a run's identity (so a run resumes on
-# another device, with more threads or another checkpoint period), and never make another setting in analysis
-EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoint_every", "train.tensorboard",
-             "train.dist_timeout_s")
-
-
-# keys added after runs were first named by their configs: at these values a key leaves a run's id as it was
-# before the key existed, so results folders made earlier are still found (and resumed) by grids
-LATER_KEYS = {"data.resident_gb": 8.0, "model.sync_bn": False, "eval.metric": "oks", "method.correction": "position",
-              "method.teacher": "eval"}  # the value a run made before the key ran with (mean_teacher's default is now reference)
-
-
-def run_id(resolved_config: dict) -> str:
-    """Short hash of the resolved config, without the keys of EXECUTION (nor LATER_KEYS at their defaults)."""
-    ident = {k: v for k, v in resolved_config.items() if k not in ("out",)}
-    ident["train"] = {k: v for k, v in ident.get("train", {}).items() if f"train.{k}" not in EXECUTION}
-    for key, default in LATER_KEYS.items():
-        section, name = key.split(".")
-        if section in ident and ident[section].get(name, default) == default:
-            ident[section] = {k: v for k, v in ident[section].items() if k != name}
-    if ident["train"].get("init_from"):  # a source by its last two path parts (a grid's: warm_start/<method>-<id>),
-        ident["train"]["init_from"] = ",".join(  # so a results folder can move without changing its runs' ids
-            "/".join(os.path.normpath(p.strip()).split(os.sep)[-2:]) for p in ident["train"]["init_from"].split(","))
-    text = yaml.safe_dump(ident, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
+from .identity import run_id  # noqa: E402,F401  (a run's identity: collapse/identity.py)
 
 
 def final_value(final, name="AP"):

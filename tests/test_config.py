@@ -1,7 +1,10 @@
+import os
+
 import pytest
 
 from collapse import config
 from collapse.config import ConfigError
+from conftest import REPO
 
 
 def test_base_and_demo_load_and_overrides_apply(tmp_path):
@@ -52,7 +55,7 @@ def test_every_shipped_config_loads():
 
 def test_keys_added_later_leave_the_ids_of_earlier_runs_alone():
     import copy
-    from collapse.runs import LATER_KEYS, run_id
+    from collapse.identity import LATER_KEYS, run_id
     # the demo's dual as configs/demo.yaml set it before 2026-12 (first-N split, automatic precision)
     old_demo = ["method.name=dual", "data.split=first", "data.split_seed=0", "train.precision=auto"]
     cfg = config.load("configs/demo.yaml", old_demo).to_dict()
@@ -64,3 +67,17 @@ def test_keys_added_later_leave_the_ids_of_earlier_runs_alone():
     assert run_id(older) == run_id(cfg)
     for override in ("data.resident_gb=0", "model.sync_bn=true"):  # away from the default they are the run's own
         assert run_id(config.load("configs/demo.yaml", [*old_demo, override]).to_dict()) != run_id(cfg)
+
+
+def test_base_yaml_states_every_default_as_the_schema_does():
+    """Defaults are written in collapse/config.py (and each method's Settings); configs/base.yaml lists them
+    for readers: key by key, the two agree (a default changed in one place only fails here)."""
+    import yaml
+    from collapse.config import Config
+    from collapse.identity import flatten
+    with open(os.path.join(REPO, "configs", "base.yaml")) as f:
+        written = flatten(yaml.safe_load(f))
+    schema = flatten(Config().to_dict())
+    assert set(written) == set(schema), set(written) ^ set(schema)
+    differ = {k: (written[k], schema[k]) for k in schema if written[k] != schema[k]}
+    assert not differ, differ
