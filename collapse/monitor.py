@@ -37,7 +37,21 @@ TAUS = (0.1, 0.2, 0.3, 0.4, 0.5)
 PL_TAUS = (0.2, 0.5)  # pseudo-label thresholds of the quantity/quality probes
 GALLERY = 4           # unlabeled probe crops whose heatmaps are kept at every probe
 HIST_EDGES = np.concatenate([[-np.inf, 0.0], np.logspace(-3, 0, 13), [np.inf]])
-PROBE_COLUMNS = ["step", "split", "net", "joint", "name", "param", "value"]
+
+
+class ProbeRow(NamedTuple):
+    """One probe statistic (a row of probes.parquet): `name` of net `net` on probe set `split` at `step`, for
+    joint `joint` (-1: over every joint), at parameter `param` (a threshold, a histogram edge; NaN: none)."""
+    step: int
+    split: str
+    net: int
+    joint: int
+    name: str
+    param: float
+    value: float
+
+
+PROBE_COLUMNS = list(ProbeRow._fields)
 
 # -- the collapse index and detector (the trainer's early stop, the monitor's, and `analysis`) ---------------
 COLLAPSE_RATIO = 0.5     # one signal: the response fell below half of the run's own peak ...
@@ -107,12 +121,11 @@ def detect(steps, response, quantity=None, quality=None, ap=None, ratio=COLLAPSE
 
 
 def detector_series(rows, metrics=(), net=0):
-    """From probe rows (tuples in PROBE_COLUMNS order) and metric rows (dicts): steps and the series
-    `detect` reads, for the unlabeled probe set and net `net` (AP: AP or AP/net<net>)."""
+    """From probe rows (ProbeRow) and metric rows (dicts): steps and the series `detect` reads, for the
+    unlabeled probe set and net `net` (AP: AP or AP/net<net>)."""
     def series(name, param=None):
-        pts = {r[0]: r[6] for r in rows if r[1] == "unlabeled" and r[2] == net and r[3] == -1 and r[4] == name
-               and (param is None or r[5] == param)}
-        return pts
+        return {r.step: r.value for r in rows if r.split == "unlabeled" and r.net == net and r.joint == -1
+                and r.name == name and (param is None or r.param == param)}
     response = series("max_response")
     steps = sorted(response)
     quantity, quality = series("pl_quantity", QUANTITY_TAU), series("pl_quality", QUANTITY_TAU)
@@ -125,9 +138,9 @@ def detector_series(rows, metrics=(), net=0):
 
 
 def unlabeled_response(rows, net=0):
-    """(steps, responses) of the unlabeled mean max response from probe rows (tuples in PROBE_COLUMNS order)."""
-    pts = sorted((r[0], r[6]) for r in rows if r[1] == "unlabeled" and r[2] == net and r[3] == -1
-                 and r[4] == "max_response")
+    """(steps, responses) of the unlabeled mean max response from probe rows (ProbeRow)."""
+    pts = sorted((r.step, r.value) for r in rows if r.split == "unlabeled" and r.net == net and r.joint == -1
+                 and r.name == "max_response")
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -159,11 +172,11 @@ def _predict(net, x):
 @torch.no_grad()
 def probe_statistics(step, sets, nets, teachers, stride, crop_height):
     """One probe of `nets` (and an EMA teacher: teachers[0] when it is not nets[0]) on `sets` ({split:
-    ProbeSet}) -> (rows in PROBE_COLUMNS order, {(split, net): histogram}, gallery entry or None)."""
+    ProbeSet}) -> ([ProbeRow], {(split, net): histogram}, gallery entry or None)."""
     rows, histograms, gallery = [], {}, None
     edges = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float32)
     add = lambda split, net, joint, name, param, value: rows.append(
-        (step, split, net, joint, name, float(param), float(value)))
+        ProbeRow(step, split, net, joint, name, float(param), float(value)))
     for split, (x, target, weight, points) in sets.items():
         heats = []
         for i, net in enumerate(nets):
@@ -391,7 +404,7 @@ class CollapseMonitor:
             self.metrics, columns=["step", "split", "name", "value"]))
         if self.gallery:
             write_gallery(self.run.file("gallery.npz"), self.gallery, self.stride, self.gallery_crops)
-        steps = [r[0] for r in self.rows]
+        steps = [r.step for r in self.rows]
         final = {m["name"]: m["value"] for m in self.metrics if m["step"] == max(steps)} if steps else {}
         self.run.update_manifest(status=status, final=final, steps=max(steps) if steps else 0,
                                  collapse_step=self.collapsed, timing=dict(

@@ -5,12 +5,12 @@ import torch
 
 from .augment import normalise, store_to_input, transform_points, warp
 from .monitor import (COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, GALLERY, HIST_EDGES, PL_TAUS,
-                      PROBE_COLUMNS, TAUS, ProbeSet, collapse_index, collapse_step, detect, detector_series,
+                      PROBE_COLUMNS, TAUS, ProbeRow, ProbeSet, collapse_index, collapse_step, detect, detector_series,
                       probe_statistics, rank_correlation, unlabeled_response)
 
 
 __all__ = ["COLLAPSE_FLOOR", "COLLAPSE_PATIENCE", "COLLAPSE_RATIO", "GALLERY", "HIST_EDGES", "PL_TAUS", "PROBE_COLUMNS",
-           "TAUS", "Prober", "collapse_index", "collapse_step", "detect", "detector_series", "rank_correlation",
+           "ProbeRow", "TAUS", "Prober", "collapse_index", "collapse_step", "detect", "detector_series", "rank_correlation",
            "unlabeled_response"]
 
 

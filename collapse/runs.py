@@ -157,7 +157,7 @@ class RunDir:
         self.update_manifest(status="running", run_id=run_id(resolved), method=resolved["method"]["name"],
                              versions=versions(), started=time.time(), **fields)
 
-    def write_npz(self, name, **arrays):
+    def write_npz(self, name, arrays):
         atomic_write_bytes_from(self.file(name), lambda f: numpy.savez(f, **arrays))
 
     def write_tables(self, metrics, probes, probe_columns):

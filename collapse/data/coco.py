@@ -82,18 +82,14 @@ def person_instances(coco, path="annotations", require_keypoints=True):
                 raise DataError(f"{path}: annotation {ann.get('id')} has a negative box size {box}")
             if ann.get("area", w * h) <= 0 or w == 0 or h == 0 or (require_keypoints and ann.get("num_keypoints", 0) < 1):
                 continue  # the paper's filter: empty boxes and persons without labeled joints are skipped
-            rows.append((img["id"], ann["id"], img["file_name"], img["width"], img["height"], box,
-                         ann.get("area", w * h), kps, ann.get("score", 1.0), ann.get("head_size", np.nan)))
+            rows.append(dict(image_id=img["id"], ann_id=ann["id"], file_name=img["file_name"], bbox=box,
+                             area=ann.get("area", w * h), keypoints=kps, score=ann.get("score", 1.0),
+                             head_size=ann.get("head_size", np.nan)))
     if not rows:
         raise DataError(f"{path} has no usable person annotations")
-    return dict(
-        image_id=np.array([r[0] for r in rows], dtype=np.int64),
-        ann_id=np.array([r[1] for r in rows], dtype=np.int64),
-        file_name=np.array([r[2] for r in rows]),
-        bbox=np.array([r[5] for r in rows], dtype=np.float64),
-        area=np.array([r[6] for r in rows], dtype=np.float64),
-        keypoints=np.array([r[7] for r in rows], dtype=np.float64).reshape(-1, k, 3),
-        score=np.array([r[8] for r in rows], dtype=np.float64),
-        head_size=np.array([r[9] for r in rows], dtype=np.float64),  # PCKh's scale (MPII, AIC), NaN elsewhere
-        skeleton=skeleton,
-    )
+    column = lambda name, dtype=np.float64: np.array([r[name] for r in rows], dtype=dtype)
+    return dict(image_id=column("image_id", np.int64), ann_id=column("ann_id", np.int64),
+                file_name=column("file_name", None), bbox=column("bbox"), area=column("area"),
+                keypoints=column("keypoints").reshape(-1, k, 3), score=column("score"),
+                head_size=column("head_size"),  # PCKh's scale (MPII, AIC), NaN elsewhere
+                skeleton=skeleton)

@@ -23,6 +23,13 @@ class Field(Part):
         super().__init__(lambda: getattr(obj, name), lambda value: setattr(obj, name, value))
 
 
+class Rows(Part):
+    """An attribute holding a list of named rows (NamedTuple); older checkpoints' plain tuples become named."""
+
+    def __init__(self, obj, name, row):
+        super().__init__(lambda: getattr(obj, name), lambda rows: setattr(obj, name, [row(*r) for r in rows]))
+
+
 class Each(Part):
     """A list of parts (the nets, the teachers) as one."""
 

@@ -1,5 +1,5 @@
 """The one training loop: methods supply loss terms; the loop owns optimisation, logging, evaluation, probes,
-checkpoints and the run folder. Step by step: `begin()`, `train_step()`, `save()`, `finish()`; `fit()` on train.*'s schedules."""
+checkpoints and the run folder. Step by step: begin(), train_step(), save(), finish(); fit(): on train.*'s schedules."""
 import time
 
 import torch
@@ -13,7 +13,7 @@ from ..evaluate import evaluate_nets
 from ..methods import Context, build_method, is_loss
 from ..models import check_model
 from ..monitor import write_gallery
-from ..probes import PROBE_COLUMNS, Prober, detect, detector_series
+from ..probes import PROBE_COLUMNS, Prober, ProbeRow, detect, detector_series
 from . import checkpoint
 from .losses import LossLog, NonFiniteLoss  # noqa: F401  (NonFiniteLoss: re-exported, the run's failure)
 from .setup import assemble_data, build_nets, fresh_net, reset_net, start
@@ -28,8 +28,6 @@ class Trainer:
         self.world = world or distributed.from_env()
         self.cfg, self.progress = cfg, progress and cfg.train.progress and self.world.main
         t = cfg.train
-        if t.threads > 0:
-            torch.set_num_threads(t.threads)
         self.device = start(self.world, t)
         self.local_batches = distributed.local_batches(t, self.world.size)
         self.method = build_method(cfg.method)
@@ -41,17 +39,17 @@ class Trainer:
         self.nets, self.opt, trained = build_nets(cfg, self.method.nets, self.skeleton, self.device, self.world)
         self.run = runs.RunDir(out)  # created only once the inputs proved good: no half-made run folders
         pool = self.batches.unlabeled_pool
-        self.ctx = Context(self.nets, self.batches, trained=trained, steps=t.steps,
-                           epoch=max(1, len(pool) // t.batch_unlabeled) if pool else 1, compile=t.compile,
-                           compile_mode=t.compile_mode, bf16=self.bf16, on_artifact=(lambda name, arrays: self.run.write_npz(name, **arrays)) if self.world.main else None,
-                           on_restart=lambda i: reset_net(self.nets[i], self.opt, lambda: fresh_net(cfg, self.skeleton),
-                                                          t.seed * 1_000_003 + self.step + i))
+        restart = lambda i: reset_net(self.nets[i], self.opt, lambda: fresh_net(cfg, self.skeleton),
+                                      t.seed * 1_000_003 + self.step + i)  # the same weights on a resumed run
+        self.ctx = Context(self.nets, self.batches, trained=trained, steps=t.steps, compile=t.compile,
+                           epoch=max(1, len(pool) // t.batch_unlabeled) if pool else 1, compile_mode=t.compile_mode,
+                           bf16=self.bf16, on_artifact=self.run.write_npz if self.world.main else None, on_restart=restart)
         self.method.setup(self.ctx)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, t.lr_steps, 0.1)
         self.prober = Prober(self.batches, {"unlabeled": pool, "val": self.val.pool}, t.probe_size)
         self.metrics, self.probes, self.step, self.timing = [], [], 0, dict(data=0.0, total=0.0, eval=0.0, probe=0.0)
         self.losses = LossLog()  # loss terms summed since the last log line
-        self.latest, self.t_start, self.board = {}, time.perf_counter(), None  # last evaluation, clock zero, TensorBoard
+        self.latest, self.t_start, self.board = {}, time.perf_counter(), None  # last evaluation, clock, TensorBoard
         self.data_clock = Stopwatch(self.device)  # the data path's share of a step, honestly timed on a GPU
 
     def parts(self):
@@ -59,7 +57,8 @@ class Trainer:
         F, E = checkpoint.Field, checkpoint.Each
         return dict(step=F(self, "step"), nets=E(self.nets), opt=self.opt, sched=self.sched,
                     gen=checkpoint.Part(self.draws.get_state, self.draws.set_state), torch_rng=checkpoint.TORCH_RNG,
-                    teachers=E(self.ctx.teachers), metrics=F(self, "metrics"), probes=F(self, "probes"),
+                    teachers=E(self.ctx.teachers), metrics=F(self, "metrics"),
+                    probes=checkpoint.Rows(self, "probes", ProbeRow),
                     timing=F(self, "timing"), loss_sums=F(self.losses, "sums"), loss_count=F(self.losses, "count"),
                     method=checkpoint.Part(self.method.state_dict, lambda s: self.method.load_state_dict(self.ctx, s)),
                     unlabeled_subset=F(self.batches, "unlabeled_subset"), batches=self.batches,
@@ -72,9 +71,8 @@ class Trainer:
     def fit(self):
         t = self.cfg.train
         self.begin()
-        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc=self.cfg.method.name,
-                   dynamic_ncols=True, leave=False)
-        collapsed = None
+        bar, collapsed = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc=self.cfg.method.name,
+                              dynamic_ncols=True, leave=False), None
         while self.step < t.steps and collapsed is None:
             self.train_step()
             bar.update(1)
@@ -99,7 +97,7 @@ class Trainer:
         and, for a warm start, an evaluation (where the run begins: its source's final AP)."""
         cfg, path = self.cfg, self.run.file("checkpoint.pt")
         # under DDP rank 0's checkpoint decides for every rank, whatever their disks hold
-        state = distributed.checkpoint_from_main(path, self.device) if self.world.size > 1 else checkpoint.read(path, self.device)
+        state = (distributed.checkpoint_from_main if self.world.size > 1 else checkpoint.read)(path, self.device)
         if state is not None:
             checkpoint.load(state, self.parts())
         if self.world.main:
@@ -142,7 +140,8 @@ class Trainer:
         numbers reach the host, once per log interval."""
         means = self.losses.means(self.world, self.step)
         self.timing["data"] += self.data_clock.read()  # here too, so a GPU's pending events stay few
-        values = {("loss/" if is_loss(k) else "") + k: v for k, v in means.items()} | {"lr": self.sched.get_last_lr()[0]}
+        values = {("loss/" if is_loss(k) else "") + k: v for k, v in means.items()}
+        values["lr"] = self.sched.get_last_lr()[0]
         self.metrics += [dict(step=self.step, split="train", name=k, value=v) for k, v in values.items()]
         self.board and self.board.scalars(self.step, values)
         bar.set_postfix(loss=f"{sum(v for k, v in means.items() if is_loss(k)):.2e}",
@@ -183,7 +182,8 @@ class Trainer:
             return
         self.run.write_tables(self.metrics, self.probes, PROBE_COLUMNS)
         if self.prober.gallery:  # a few unlabeled crops' heatmaps at every probe: collapse you can see
-            write_gallery(self.run.file("gallery.npz"), self.prober.gallery, self.batches.stride, self.prober.gallery_crops)
+            write_gallery(self.run.file("gallery.npz"), self.prober.gallery, self.batches.stride,
+                          self.prober.gallery_crops)
         checkpoint.save(self.run.file("checkpoint.pt"), self.parts())
 
     def finish(self, collapsed=None):

@@ -14,8 +14,10 @@ from ..models import build_model
 
 
 def start(world, t):
-    """This process's device (train.device; under DDP, its rank's GPU) and, for several processes, the
-    process group joined."""
+    """This process's device (train.device; under DDP, its rank's GPU; train.threads CPU threads) and, for
+    several processes, the process group joined."""
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
     device = distributed.rank_device(world, resolve_device(t.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
