@@ -7,6 +7,7 @@ import numpy as np
 import seaborn as sns
 
 from collapse.data.skeleton import for_channels
+from collapse.heatmaps import CONFIDENT
 from collapse.runs import atomic_write_bytes_from
 
 from .detector import COLLAPSE_RATIO, collapse_curves, collapse_table, final_ap, mean_over_seeds
@@ -210,7 +211,7 @@ def _heatmap_panel(ax, crop, heat, joints, stride):
     h, w = crop.shape[:2]
     ax.imshow(crop, extent=(0, w, h, 0))
     ax.imshow(heat.astype(np.float32), extent=(0, w, h, 0), cmap="magma", alpha=0.55, vmin=0, vmax=1)
-    seen = joints[:, 2] > 0.2  # joints the net calls visible: its peak above 0.2
+    seen = joints[:, 2] > CONFIDENT  # joints the net calls found
     for a, b in for_channels(len(joints)).limb_index:
         if seen[a] and seen[b]:
             ax.plot(joints[[a, b], 0], joints[[a, b], 1], color="#7fdbff", lw=0.8)

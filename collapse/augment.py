@@ -84,6 +84,13 @@ def _flip_index(joints, device):
     return torch.tensor(for_channels(joints).flip_index, device=device)
 
 
+@functools.lru_cache(maxsize=8)
+def stride_scale(stride, device):
+    """Input pixels -> heatmap pixels (a view matrix), and back: made once per stride and device."""
+    s = torch.diag(torch.tensor([1.0 / stride, 1.0 / stride, 1.0], device=device))
+    return s, torch.linalg.inv(s)
+
+
 def swap_flipped(t, flip):
     """Reorder joint channels (dim 1) of the samples that were mirrored, so channel j is joint j again
     (the skeleton's left/right pairs; its joint count names it)."""

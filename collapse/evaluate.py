@@ -10,13 +10,12 @@ import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
 
-from .augment import about_centre, normalise, store_to_input, swap_flipped, transform_points, warp
-from .data.skeleton import PERSON, for_channels, labeled
+from .augment import about_centre, normalise, store_to_input, stride_scale, swap_flipped, transform_points, warp
+from .data.skeleton import PERSON, for_channels, labeled, oks_per_joint
 from .errors import DataError
-from .heatmaps import decode, decode_dark
+from .heatmaps import CONFIDENT, decode, decode_dark
 from .models import evaluating, named_nets
 
-IN_VIS_THRE = 0.2  # joints above this confidence count in the instance score (SimpleBaseline rescoring)
 COCO_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
@@ -35,8 +34,8 @@ def heatmaps(net, x, flip_test, stride):
     hw = x.shape[-2:]
     M, flip = flipped_view(len(x), hw, x.device)
     mirrored = net(warp(x, M, hw)).float()
-    s = torch.diag(torch.tensor([1.0 / stride, 1.0 / stride, 1.0], device=x.device))
-    back = warp(mirrored, s @ M @ torch.linalg.inv(s), heat.shape[-2:])  # a mirror is its own inverse
+    s, s_inv = stride_scale(stride, x.device)
+    back = warp(mirrored, s @ M @ s_inv, heat.shape[-2:])  # a mirror is its own inverse
     return 0.5 * (heat + swap_flipped(back, flip))
 
 
@@ -60,12 +59,12 @@ def predict(net, pool, input_hw, stride, batch=256, flip_test=False, decoder="ar
 
 
 def to_coco_results(image_ids, coords, conf, box_scores=None):
-    """COCO keypoint results; instance score = mean confidence of joints above IN_VIS_THRE, times the box
+    """COCO keypoint results; instance score = mean confidence of joints above CONFIDENT, times the box
     score with detection boxes (SimpleBaseline's rescoring)."""
     results = []
     box_scores = np.ones(len(image_ids)) if box_scores is None else box_scores
     for img, xy, c, bs in zip(image_ids, coords, conf, box_scores):
-        good = c > IN_VIS_THRE
+        good = c > CONFIDENT
         score = (float(c[good].mean()) if good.any() else float(c.mean())) * float(bs)
         kps = np.concatenate([xy, c[:, None]], 1).reshape(-1)
         results.append(dict(image_id=int(img), category_id=PERSON, keypoints=[round(float(v), 3) for v in kps],
@@ -85,8 +84,8 @@ def oks_nms(results, areas, threshold=0.9):
         mine = []
         for r, a in cands:
             xy = np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2]
-            k2 = (2 * for_channels(len(xy)).sigmas) ** 2
-            if all(np.mean(np.exp(-((xy - kx) ** 2).sum(1) / (2 * ka * k2 + 1e-9))) <= threshold for kx, ka in mine):
+            sigmas = for_channels(len(xy)).sigmas
+            if all(np.mean(oks_per_joint(((xy - kx) ** 2).sum(1), ka, sigmas)) <= threshold for kx, ka in mine):
                 mine.append((xy, a))
                 kept.append(r)
     return kept

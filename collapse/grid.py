@@ -16,7 +16,8 @@ A grid file (configs/grids/*.yaml):
       train.seed: [0, 1, 2]
     warm_start:                   # optional: every run continues from a supervised stage (train.init_from)
       train.steps: 1200           # the stage's overrides on top of the run's own data/model/train settings
-                                  # (or per scale: {demo: {...}, full: {...}}; a scale without one: no stage)
+                                  # (or a file of them, beside the grid: warm_start.yaml; or per scale:
+                                  # {demo: {...} or a file, full: {...}}; a scale without one: no stage)
 
 A warm-started grid first runs its supervised stages, one per setting and seed, shared by every method of
 that setting (RESULTS/warm_start/supervised-<run id>, skipped when done, like any run); a two-net method's
@@ -66,6 +67,14 @@ def _mapping(raw, key, path):
     return v
 
 
+def _stage_file(value, path):
+    """A warm_start given as a file name (beside the grid file): the mapping it holds, so grids that share
+    their supervised stages state them once (configs/grids/warm_start.yaml)."""
+    if not isinstance(value, str):
+        return value or {}
+    return config.read_mapping(os.path.join(os.path.dirname(path), value), "warm_start", "config keys", GridError)
+
+
 def expand(path, results, scale=None, overrides=()):
     """The grid's runs, in file order (variants outer, axes inner), without duplicates. A variant's own
     value of an axis key wins over the axis (so a supervised row need not repeat per unsup_weight);
@@ -93,9 +102,11 @@ def expand(path, results, scale=None, overrides=()):
     variants = raw.get("variants") or [{}]
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
         raise GridError(f"{path}: 'variants' must be a list of mappings of config keys")
-    warm = _mapping(raw, "warm_start", path)
-    if scales and warm and set(warm) <= set(scales):  # per scale: {demo: {...}, full: {...}}
-        warm = warm.get(scale or next(iter(scales))) or {}
+    warm = _stage_file(raw.get("warm_start"), path)
+    if not isinstance(warm, dict):
+        raise GridError(f"{path}: 'warm_start' must be a mapping of config keys or a file of one")
+    if scales and warm and set(warm) <= set(scales):  # per scale: {demo: {...} or a file, full: ...}
+        warm = _stage_file(warm.get(scale or next(iter(scales))), path) or {}
         if not isinstance(warm, dict):
             raise GridError(f"{path}: warm_start of scale '{scale}' must be a mapping of config keys")
     base_method = functools.lru_cache(maxsize=1)(lambda: config.load(base).method.name)  # read once, if asked

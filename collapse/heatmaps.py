@@ -6,6 +6,10 @@ centred at the exact sub-pixel location (peak 1 when the point falls on a pixel 
 """
 import torch
 
+CONFIDENT = 0.2  # a decoded joint whose peak exceeds this counts as found (SimpleBaseline's in_vis_thre): in the
+                 # instance score of its results, ST++'s agreement gate, the gallery's drawn joints
+
+
 
 def gaussian_targets(points, weight, hw, sigma):
     """points (B,J,2) in heatmap coords, weight (B,J) -> (B,J,H,W) targets, zero where weight is 0."""

@@ -131,6 +131,21 @@ def test_shipped_grids_expand(tmp_path):
         assert len(runs) == n, name
     full = expand("configs/grids/failed_attempts.yaml", str(tmp_path), scale="full")
     assert full[0].cfg.model.name == "resnet18" and full[0].cfg.data.input_size == [256, 192]
+    assert not [r for r in full if r.stage]                                       # the full scale has no stage
+
+
+def test_the_warm_started_grids_state_their_stage_once_and_share_it(tmp_path):
+    """Every warm-started demo-scale grid names configs/grids/warm_start.yaml: on one results folder their
+    seed-0 supervised stages are one run (the same folder name, so it trains once)."""
+    stages = {}
+    for name in ("demo", "failed_attempts", "dual_vs_single", "later_recipes", "later_factors", "mean_teacher"):
+        assert "warm_start.yaml" in open(f"configs/grids/{name}.yaml").read(), name
+        stages[name] = {r.name for r in expand(f"configs/grids/{name}.yaml", str(tmp_path)) if r.stage}
+        assert len(stages[name]) >= 1, name
+    shared = set.intersection(*stages.values())
+    assert shared, stages
+    stage = next(r for r in expand("configs/grids/demo.yaml", str(tmp_path)) if r.stage and r.name in shared)
+    assert stage.cfg.train.steps == 1200 and stage.cfg.train.lr_steps == [1000]  # warm_start.yaml's values
 
 
 @pytest.mark.parametrize("grid", ["comparison", "dual_vs_single", "failed_attempts", "imbalance"])

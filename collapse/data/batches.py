@@ -1,10 +1,9 @@
 """Batch streams: sample store rows, make views on the device, render targets. No per-sample Python."""
-import functools
 from typing import NamedTuple
 
 import torch
 
-from ..augment import (ViewMaker, inverse, normalise, normalise_float, store_to_input, swap_flipped,
+from ..augment import (ViewMaker, inverse, normalise, normalise_float, store_to_input, stride_scale, swap_flipped,
                        transform_points, warp)
 from ..draws import Draws
 from ..heatmaps import gaussian_targets
@@ -136,12 +135,7 @@ class Batches:
 
     def _carry(self, maps, A_from, A_to):
         rel = A_to @ inverse(A_from)
-        s, s_inv = _stride_scale(self.stride, maps.device)
+        s, s_inv = stride_scale(self.stride, maps.device)
         return warp(maps, s @ rel @ s_inv, self.heatmap_hw)
 
 
-@functools.lru_cache(maxsize=8)
-def _stride_scale(stride, device):
-    """Input pixels -> heatmap pixels, and back: made once per stride and device."""
-    s = torch.diag(torch.tensor([1.0 / stride, 1.0 / stride, 1.0], device=device))
-    return s, torch.linalg.inv(s)

@@ -162,6 +162,14 @@ def of_category(category, count=None):
     return for_channels(count)
 
 
+def oks_per_joint(d2, area, sigmas):
+    """COCO's keypoint similarity per joint, exp(-d^2 / (2 s^2 (2 sigma)^2)), for squared distances d2, object
+    areas s^2 (broadcast against d2) and the skeleton's sigmas: the one formula for OKS-NMS and ST++'s
+    agreement (numpy arrays or torch tensors alike)."""
+    x = -d2 / (2 * area * (2 * sigmas) ** 2 + 1e-9)
+    return x.exp() if hasattr(x, "exp") else np.exp(x)
+
+
 def labeled(visibility):
     """Whether a joint carries a label: COCO visibility 1 (occluded) or 2 (visible); 0 is unlabeled."""
     return visibility > 0

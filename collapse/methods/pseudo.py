@@ -17,13 +17,12 @@ import torch
 
 from ..augment import about_centre, normalise, strong_photometric, transform_points, warp
 from ..errors import ConfigError
-from ..data.skeleton import for_channels
-from ..heatmaps import decode
+from ..data.skeleton import for_channels, oks_per_joint
+from ..heatmaps import CONFIDENT, decode
 from ..models import evaluating
 from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from .registry import register
 
-IN_VIS_THRE = 0.2  # the final teacher's joints above this confidence count in the ST++ agreement score
 
 
 def _views(ensemble, n, hw, device):
@@ -74,11 +73,10 @@ def net_predict(net):
 
 def agreement(kp_a, kp_final, conf_final, area):
     """ST++'s reliability score for pose: OKS between a checkpoint's keypoints and the final checkpoint's,
-    over the joints the final one is confident about (> IN_VIS_THRE); s^2 = the instance area (store frame)."""
-    k2 = (2 * torch.as_tensor(for_channels(kp_a.shape[1]).sigmas, dtype=kp_a.dtype, device=kp_a.device)) ** 2
-    d2 = ((kp_a - kp_final) ** 2).sum(-1)
-    oks = torch.exp(-d2 / (2 * area[:, None] * k2 + 1e-9))
-    gate = (conf_final > IN_VIS_THRE).float()
+    over the joints the final one is confident about (> CONFIDENT); s^2 = the instance area (store frame)."""
+    sigmas = torch.as_tensor(for_channels(kp_a.shape[1]).sigmas, dtype=kp_a.dtype, device=kp_a.device)
+    oks = oks_per_joint(((kp_a - kp_final) ** 2).sum(-1), area[:, None], sigmas)
+    gate = (conf_final > CONFIDENT).float()
     return (oks * gate).sum(1) / gate.sum(1).clamp(min=1)
 
 

@@ -25,9 +25,10 @@ def _hrnet(width):
     return build
 
 
+RESNET_DEPTHS = (18, 34, 50, 101, 152)  # torchvision's ResNets
 MODELS = {
     "tiny": lambda cfg, joints, stride: TinyPose(joints, cfg.width, stride),
-    **{f"resnet{d}": _simple_baseline(d) for d in (18, 34, 50, 101, 152)},
+    **{f"resnet{d}": _simple_baseline(d) for d in RESNET_DEPTHS},
     "hrnet_w32": _hrnet(32),
     "hrnet_w48": _hrnet(48),
 }

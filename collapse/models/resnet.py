@@ -15,7 +15,6 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from ..errors import ModelError
 
-DEPTHS = (18, 34, 50, 101, 152)
 
 
 def resnet_backbone(depth):
