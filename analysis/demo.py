@@ -4,9 +4,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from collapse.data.coco import DataError
-from collapse.runs import atomic_write_bytes_from
+
 
 from .detector import collapse_curves, collapse_table, final_ap
+from .figures import save
 from .results import load, method_order
 
 
@@ -56,8 +57,4 @@ def demo_figure(results_dir, names, path_stem):
     axes[1].set_title("validation OKS AP")
     axes[1].legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        atomic_write_bytes_from(f"{path_stem}.{ext}", lambda f, ext=ext: fig.savefig(
-            f, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None))
-    plt.close(fig)
-    return [f"{path_stem}.png", f"{path_stem}.pdf"]
+    return save(fig, path_stem)  # no dates, no software version: a rerun gives the same bytes

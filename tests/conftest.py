@@ -20,7 +20,12 @@ def in_the_repository():
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A small synthetic COCO-format set shared by the tests."""
-    from collapse.data import synthetic
     root = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic.prepare(root, 300, 60, seed=3, workers=2)
+    make_synthetic(root)
     return root
+
+
+def make_synthetic(root):
+    """The suite's small synthetic set (300 train, 60 val images, seed 3) at `root`."""
+    from collapse.data import synthetic
+    synthetic.prepare(root, 300, 60, seed=3, workers=2)
