@@ -270,3 +270,31 @@ def test_the_interquartile_mean_and_the_probability_of_improvement(tmp_path):
     assert probability_of_improvement(table, "easy_hard", "supervised")[:1] == (1.0,)
     p, lo, hi, n = probability_of_improvement(table, "dual", "supervised")
     assert p == pytest.approx(0.5) and n == 2 and lo <= 0.5 <= hi  # the same APs: a coin toss
+
+
+def test_every_label_a_claim_compares_is_one_a_shipped_grid_makes(monkeypatch, tmp_path):
+    """The claims engine names variants by label ('mean_teacher (ema 0.99)', 'dual + JC5'); Method.label makes
+    them. A label no shipped grid produces (a renamed variant) would silently read as 'no runs': every label a
+    claim compares must be the label of some run of configs/grids/*.yaml."""
+    import glob
+    import analysis.verdicts as verdicts
+    from analysis.results import method_label
+    from collapse.grid import expand
+    from collapse.identity import flatten
+    asked = set()
+
+    def record(original):
+        def wrapped(table, names, code, statement, a, b, *rest, **kw):
+            asked.update({a, b})
+            return original(table, names, code, statement, a, b, *rest, **kw)
+        return wrapped
+    monkeypatch.setattr(verdicts, "compare", record(verdicts.compare))
+    monkeypatch.setattr(verdicts, "collapse_rate", record(verdicts.collapse_rate))
+    verdicts.claims(os.path.join(os.path.dirname(__file__), "data", "golden_results"))
+    assert {"supervised", "consistency", "dual", "mean_teacher (ema 0.99)", "sspcm"} <= asked
+    made = set()
+    for grid in glob.glob("configs/grids/*.yaml"):
+        if os.path.basename(grid) == "warm_start.yaml":
+            continue
+        made |= {method_label(flatten(r.cfg.to_dict())) for r in expand(grid, str(tmp_path)) if not r.stage}
+    assert asked - made == set(), f"claims compare labels no grid makes: {sorted(asked - made)}"
