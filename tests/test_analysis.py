@@ -96,8 +96,9 @@ def test_boundary_drift_and_histograms(results):
     # the collapsed run calls more joint pixels background than supervised does
     assert last.loc[("consistency (w 10)", 0.2), "gt_bg_share"] > last.loc[("supervised", 0.2), "gt_bg_share"]
     h = analysis.response_histograms(runs, probes)
-    sums = h.groupby(["run", "step"]).share.sum()
-    assert np.allclose(sums, 1.0, atol=1e-4)
+    # at the end, the collapsed run has lost its peaks: a far smaller share of its pixels respond above 0.1
+    high = h[(h.step == 300) & (h.edge >= 0.1)].groupby("label").share.sum()
+    assert high["consistency (w 10)"] < 0.25 * high["supervised"]
 
 
 def test_figures_are_written_nonempty_and_deterministic(results, tmp_path):

@@ -53,7 +53,7 @@ def test_bench_reports_its_figures(synth_root, capsys):
     cfg = config.load("configs/demo.yaml", [f"data.root={synth_root}", "model.width=8", "method.name=easy_hard",
                                             "train.threads=1", "train.device=cpu"])
     f = bench(cfg, steps=3, batches=2, workers=0, rounds=1, decode=8)
-    assert f["steps_per_s"] > 0 and 0 < f["data_share"] < 1 and f["images_per_s"] == 32 * f["steps_per_s"]
+    assert f["steps_per_s"] > 0 and 0 < f["data_share"] < 1
     # a ratio of two timings on a shared machine is a figure for the bench, not an assertion: its presence
     # and sanity only (the measured ratios are in docs/speed_and_gpus.md)
     assert set(f["ratios"]) == {"v2 x1", "v2 x0", "classic x0"} and all(np.isfinite(v) and v > 0 for v in f["ratios"].values())
