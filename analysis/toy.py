@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from collapse.config import method_settings
-from collapse.data.batches import View
+from collapse.augment import View
 from collapse.methods import Context, build_method
 from collapse.runs import atomic_write_text
 

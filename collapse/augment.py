@@ -12,6 +12,7 @@ transport   X carries a heatmap predicted on the easy view into the hard view's 
 """
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,14 @@ def transform_points(A, pts):
 
 
 @functools.lru_cache(maxsize=64)
+class View(NamedTuple):
+    """One view of a batch: the network input, the (B,3,3) matrix from store pixels to view pixels, and
+    which samples are mirrored (their joint channels are swapped)."""
+    image: torch.Tensor
+    A: torch.Tensor
+    flip: torch.Tensor
+
+
 def _normaliser(hw, device):
     """Pixels -> grid_sample's [-1, 1] coordinates for an image of size hw, and its inverse; made once per
     size and device (a tensor built from Python numbers is a host-to-device copy on CUDA)."""

@@ -116,3 +116,38 @@ def test_every_path_link_and_section_the_docs_name_exists():
                 missing.append(f"{os.path.relpath(src, REPO)}: {doc} has no '{name}'")
     assert not missing, "\n".join(missing)
     assert len(open(pages[0]).read().splitlines()) <= 200  # the README is a front door; the rest is in docs/
+
+
+def test_methods_import_only_errors_views_the_context_and_their_registry(synth_root):
+    """A method states a loss recipe: it may import the error types, the view and heatmap operations
+    (augment, heatmaps, occlude), the context and the other method modules, never the data, models, trainer
+    or config modules; what it asks of the data is declared (collapse.methods.context.Data / Views), and both
+    the real batches and the 2-D toy's provide it."""
+    import ast
+    import glob
+    allowed = {"collapse.errors", "collapse.augment", "collapse.heatmaps", "collapse.occlude"}
+    wrong = []
+    for path in glob.glob(os.path.join(REPO, "collapse", "methods", "*.py")):
+        if path.endswith("context.py"):
+            continue  # the boundary itself: it runs the nets (models.evaluating)
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                module = "collapse." + ("methods." if node.level == 1 else "") + (node.module or "")
+                if not (module.startswith("collapse.methods") or module in allowed):
+                    wrong.append(f"{os.path.basename(path)}: {module}")
+    assert not wrong, wrong
+    import torch
+    from analysis.toy import ToySettings, ToyViews
+    from collapse.methods.context import Data, Views
+    assert isinstance(ToyViews(ToySettings(), torch.Generator()), Views)
+    import numpy as np
+    from collapse import config
+    from collapse.data.batches import Batches
+    from collapse.data.store import Pool, build
+    from collapse.draws import Draws
+    cfg = config.load("configs/demo.yaml")
+    store = build(synth_root, "val", tuple(cfg.data.input_size), cfg.data.store_margin)
+    cpu = torch.device("cpu")
+    batches = Batches(cfg, Pool(store, np.arange(8), cpu), Pool(store, np.arange(8, 16), cpu), cpu,
+                      Draws(torch.Generator().manual_seed(0)))
+    assert isinstance(batches, Data) and not isinstance(ToyViews(ToySettings(), torch.Generator()), Data)

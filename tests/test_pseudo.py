@@ -54,7 +54,7 @@ def test_st_plus_plus_score_ranks_clean_crops_above_corrupted_ones(synth_root):
     for k in range(2):  # two earlier checkpoints: close to the final one on clean crops, far on corrupted ones
         noise = torch.randn(n, 17, 2, generator=g) * torch.where(corrupted, 8.0, 0.5)[:, None, None]
         kp, _ = label_pool(_oracle(b, pool, noise), b, pool)
-        scores = scores + agreement(kp, final_kp, final_conf, area) / 2
+        scores = scores + agreement(b.skeleton, kp, final_kp, final_conf, area) / 2
     top = torch.argsort(scores, descending=True)[: n // 2]
     assert (~corrupted[top]).float().mean() > 0.9
     assert scores[~corrupted].mean() > scores[corrupted].mean() + 0.3

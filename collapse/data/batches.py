@@ -1,22 +1,12 @@
 """Batch streams: sample store rows, make views on the device, render targets. No per-sample Python."""
-from typing import NamedTuple
-
 import torch
 
-from ..augment import (ViewMaker, inverse, normalise, normalise_float, store_to_input, stride_scale, swap_flipped,
+from ..augment import (View, ViewMaker, inverse, normalise, normalise_float, store_to_input, stride_scale, swap_flipped,
                        transform_points, warp)
 from ..draws import Draws
 from ..heatmaps import gaussian_targets
 from .read_ahead import ReadAhead
 from .skeleton import labeled
-
-
-class View(NamedTuple):
-    """One view of a batch: the network input, the (B,3,3) matrix from store pixels to view pixels, and
-    which samples are mirrored (their joint channels are swapped)."""
-    image: torch.Tensor
-    A: torch.Tensor
-    flip: torch.Tensor
 
 
 FIELD_MIN = 0.99  # a carried heatmap pixel is inside the teacher's field when all its bilinear neighbours are
@@ -28,6 +18,7 @@ class Batches:
         self.device, self.draws = device, draws  # collapse.draws.Draws: every random number of a step
         self.input_hw = tuple(cfg.data.input_size)
         self.stride = cfg.data.heatmap_stride
+        self.skeleton = labeled.skeleton  # the run's (the labeled split's): its joints, OKS sigmas
         self.heatmap_hw = (self.input_hw[0] // self.stride, self.input_hw[1] // self.stride)
         self.views = ViewMaker(cfg.augment, self.input_hw, draws)
         self._subset = None

@@ -57,6 +57,18 @@ class Skeleton:
         return {"id": PERSON, "name": "person", "supercategory": "person", "keypoints": list(self.joints),
                 "skeleton": [[a + 1, b + 1] for a, b in self.limb_index]}
 
+    @staticmethod
+    def labeled(visibility):
+        return labeled(visibility)
+
+    def oks(self, d2, area):
+        """OKS per joint of squared distances d2 (..., J) at object areas `area` (broadcast), this skeleton's sigmas."""
+        sigmas = self.sigmas
+        if hasattr(d2, "device"):  # a tensor: its sigmas on its device, in its dtype
+            import torch
+            sigmas = torch.as_tensor(sigmas, dtype=d2.dtype, device=d2.device)
+        return oks_per_joint(d2, area, sigmas)
+
     def take(self, keypoints, other):
         """(N, K, 3) keypoints in skeleton `other` -> (N, this skeleton's joints, 3): a joint both name keeps its
         values; one `other` lacks is zeros (unlabeled: no loss, not scored)."""

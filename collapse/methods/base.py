@@ -3,7 +3,6 @@ from dataclasses import dataclass
 
 from ..augment import inverse, joint_cutout, randaugment, swap_flipped, transform_points
 from ..errors import ConfigError
-from ..data.skeleton import labeled
 from ..heatmaps import decode
 
 
@@ -185,7 +184,7 @@ class Method:
         kp = unl["keypoints"]
         cell = (transform_points(sv.A, kp[..., :2].to(sv.A.dtype)) / b.stride).floor().long()  # heatmap pixel
         h, w = b.heatmap_hw
-        seen = labeled(kp[..., 2]) & (cell[..., 0] >= 0) & (cell[..., 0] < w) & (cell[..., 1] >= 0) & (cell[..., 1] < h)
+        seen = b.skeleton.labeled(kp[..., 2]) & (cell[..., 0] >= 0) & (cell[..., 0] < w) & (cell[..., 1] >= 0) & (cell[..., 1] < h)
         flat = field.detach()[:, 0].flatten(1)
         at = flat.gather(1, (cell[..., 1].clamp(0, h - 1) * w + cell[..., 0].clamp(0, w - 1)))
         lost = ((at == 0) & seen).sum() / seen.sum().clamp(min=1)

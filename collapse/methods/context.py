@@ -8,14 +8,51 @@ in float32 on every device. CUDA's autocast has no float32 rule for linalg ops (
 geometry computed under autocast would reach a bf16 inverse there, which CUDA refuses; and bf16 view
 matrices at 256x192 move points by up to ~3.6 px."""
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
+
+from ..models import evaluating
+
+
+@runtime_checkable
+class Views(Protocol):
+    """What the consistency family asks of `ctx.batches` (collapse.data.batches.Batches; analysis/toy.py's
+    ToyViews for points): views of an unlabeled batch, the shared hard draw (`views.extra`), a teacher's
+    heatmap carried from one view's frame into another's with the mask of what it saw, and the heatmap stride."""
+    stride: int
+    views: object
+
+    def view(self, unl, kind="easy", photometric=None, extra=None): ...
+
+    def transport(self, heat, A_from, flip_from, A_to, flip_to): ...
+
+
+@runtime_checkable
+class Data(Views, Protocol):
+    """Everything a method may ask of `ctx.batches` beyond `Views`: the step's random numbers (`draws`), the input
+    size, the run's skeleton, targets for points in a view, per-joint facts reordered between views, the field
+    a view's pixels come from, the plain view of a pool's rows, and the unlabeled pool (its length, `fetch`,
+    `areas`, `rows`) with the subset a staged recipe trains on."""
+    draws: object
+    input_hw: tuple
+    skeleton: object
+    unlabeled_pool: object
+    unlabeled_subset: object
+
+    def targets(self, A, flip, keypoints): ...
+
+    def reorder(self, t, v_from, v_to): ...
+
+    def field(self, A_from, A_to): ...
+
+    def base(self, n, pool): ...
 
 
 @dataclass
 class Context:
     nets: list                       # the trained networks (each gets the supervised loss)
-    batches: object                  # collapse.data.batches.Batches (views, targets, transport)
+    batches: Data                    # what a method may ask of the data (Data above; the 2-D toy: Views)
     teachers: list = None            # what teaches each net (default: the net itself; an EMA copy for mean_teacher)
     trained: list = None             # what a net's own passes run through: its DDP wrapper in a multi-process run
     step: int = 0
@@ -38,6 +75,12 @@ class Context:
         """Net `net`'s prediction of x (its teacher's with teacher=True), in float32 for the losses. Every pass
         a method makes goes through here, so compiling (train.compile) covers all of them."""
         return self._pass((self.teachers if teacher else self.trained)[net], x)
+
+    def predict(self, module, x):
+        """A network's eval-mode prediction in float32, outside autocast and compilation: how pseudo-labels
+        are made (like evaluation), its mode given back."""
+        with evaluating(module):
+            return module(x).float()
 
     def run(self, module, x, train_mode=False):
         """A pass of a module that is not one of the run's nets (a recipe's frozen copy), compiled like the

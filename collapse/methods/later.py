@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..augment import warp
+from ..augment import View, warp
 from ..heatmaps import decode
 from ..occlude import PATHS, joint_cut_occlusion, occlude
 from ..errors import ConfigError
-from ..data.batches import View
 from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from .registry import register
 

@@ -17,9 +17,7 @@ import torch
 
 from ..augment import about_centre, normalise, strong_photometric, transform_points, warp
 from ..errors import ConfigError
-from ..data.skeleton import for_channels, oks_per_joint
 from ..heatmaps import CONFIDENT, decode
-from ..models import evaluating
 from .base import Method, UnlabeledSettings, at_least, heatmap_mse, one_of
 from .registry import register
 
@@ -63,19 +61,15 @@ def label_pool(predict, batches, pool, ensemble="none", chunk=512):
     return torch.cat(coords), torch.cat(confs)
 
 
-def net_predict(net):
-    """A network as a teacher for label_pool: its eval-mode prediction of each view."""
-    def predict(x, *_):
-        with evaluating(net):
-            return net(x)
-    return predict
+def net_predict(ctx, net):
+    """A network as a teacher for label_pool: its eval-mode prediction of each view (ctx.predict)."""
+    return lambda x, *_: ctx.predict(net, x)
 
 
-def agreement(kp_a, kp_final, conf_final, area):
+def agreement(skeleton, kp_a, kp_final, conf_final, area):
     """ST++'s reliability score for pose: OKS between a checkpoint's keypoints and the final checkpoint's,
     over the joints the final one is confident about (> CONFIDENT); s^2 = the instance area (store frame)."""
-    sigmas = torch.as_tensor(for_channels(kp_a.shape[1]).sigmas, dtype=kp_a.dtype, device=kp_a.device)
-    oks = oks_per_joint(((kp_a - kp_final) ** 2).sum(-1), area[:, None], sigmas)
+    oks = skeleton.oks(((kp_a - kp_final) ** 2).sum(-1), area[:, None])
     gate = (conf_final > CONFIDENT).float()
     return (oks * gate).sum(1) / gate.sum(1).clamp(min=1)
 
@@ -137,7 +131,7 @@ class PseudoLabelBase(Method):
     def relabel(self, ctx, net, rows=None):
         """Pseudo-label the pool (or only `rows` of it) with `net`, keeping the other rows' labels."""
         pool = ctx.batches.unlabeled_pool
-        kp, conf = label_pool(net_predict(net), ctx.batches, pool, self.cfg.ensemble)
+        kp, conf = label_pool(net_predict(ctx, net), ctx.batches, pool, self.cfg.ensemble)
         if rows is not None and self.labels is not None:
             old_kp, old_conf = self.labels
             keep = torch.ones(len(pool), dtype=torch.bool, device=kp.device)
@@ -218,14 +212,14 @@ class SelfTraining(PseudoLabelBase):
     def select(self, ctx, final_net):
         """Score every unlabeled crop by checkpoint agreement; train on the top select_ratio first."""
         pool, batches = ctx.batches.unlabeled_pool, ctx.batches
-        final_kp, final_conf = label_pool(net_predict(final_net), batches, pool)
+        final_kp, final_conf = label_pool(net_predict(ctx, final_net), batches, pool)
         area = pool.areas().to(final_kp)
         probe = copy.deepcopy(final_net)
         scores = 0
         for snap in self.snapshots:
             probe.load_state_dict(snap)
-            kp, _ = label_pool(net_predict(probe), batches, pool)
-            scores = scores + agreement(kp, final_kp, final_conf, area)
+            kp, _ = label_pool(net_predict(ctx, probe), batches, pool)
+            scores = scores + agreement(batches.skeleton, kp, final_kp, final_conf, area)
         scores = scores / max(len(self.snapshots), 1)
         order = torch.argsort(scores, descending=True, stable=True)
         chosen = order[: max(1, int(round(self.cfg.select_ratio * len(pool))))]
