@@ -6,6 +6,7 @@
     analysis.write_figures("results/demo", "figures/")
     analysis.claims("results/demo")                # the paper's claims: paired effects, 95% intervals, verdicts
     analysis.aggregate("results/study")            # across settings: IQM of AP, stratified bootstrap intervals
+    analysis.part_errors(analysis.joint_errors("results/demo"))  # which joints carry the score: error kinds per part
 
 Names and submodules load when first used (PEP 562): `collapse` reads analysis/cli.py at every start to
 build its command line, and pandas, matplotlib and scipy would add seconds to each `collapse` process.
@@ -15,7 +16,7 @@ import importlib
 _EXPORTS = {"load": "results", "run_folders": "results", "NotResults": "results", "collapse_curves": "detector",
             "collapse_table": "detector", "final_ap": "detector", "boundary_drift": "drift",
             "response_histograms": "drift", "write_figures": "figures", "report": "tables", "claims": "verdicts",
-            "aggregate": "aggregate"}
+            "aggregate": "aggregate", "joint_errors": "results", "part_errors": "results"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -12,7 +12,7 @@ from collapse.runs import atomic_write_bytes_from
 
 from .detector import COLLAPSE_RATIO, collapse_curves, collapse_table, final_ap, mean_over_seeds
 from .drift import boundary_drift, response_histograms
-from .results import load, method_order
+from .results import ERROR_KINDS, joint_errors, load, method_order, part_errors
 
 
 def setup():
@@ -287,4 +287,34 @@ def write_figures(results_dir, out_dir):
         paths += phase_diagram_figure(runs, metrics, probes, j("phase_diagram"))
     paths += gallery_figure(runs, j("heatmap_gallery"))
     paths += evolution_figure(runs, j("heatmap_evolution"))
+    paths += joint_errors_figure(runs, results_dir, j("joint_errors"))
     return paths
+
+
+def joint_errors_figure(runs, results_dir, stem):
+    """Per method (rows) and body part (columns): the shares of the labeled joints that are good, jittered,
+    inverted, swapped or missed at the final evaluation (Ronchi & Perona's kinds; mean over seeds, net 0)."""
+    parts = part_errors(joint_errors(results_dir, runs))
+    if parts.empty:
+        return []
+    kinds = list(ERROR_KINDS)
+    mean = parts.groupby(["label", "part"], sort=False)[kinds].mean().reset_index()
+    labels = sorted(mean.label.unique(), key=method_order)
+    names = list(dict.fromkeys(mean.part))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 0.45 * len(labels) + 1.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    colours = sns.color_palette("RdYlGn_r", len(kinds))
+    for ax, part in zip(axes, names):
+        m = mean[mean.part == part].set_index("label").reindex(labels)
+        left = np.zeros(len(labels))
+        for kind, colour in zip(kinds, colours):
+            ax.barh(range(len(labels)), m[kind].fillna(0), left=left, color=colour, label=kind)
+            left += m[kind].fillna(0).to_numpy()
+        ax.set_title(part)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of labeled joints")
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].invert_yaxis()
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save(fig, stem)

@@ -7,6 +7,7 @@ import pandas as pd
 import yaml
 
 from collapse.errors import UserError
+from collapse.evaluate import ERROR_KINDS  # noqa: F401  (re-exported for the figures)
 from collapse.grid import WARM_START
 from collapse.identity import flatten as _flatten, with_defaults  # noqa: F401  (re-exported)
 from collapse.methods import METHODS
@@ -114,3 +115,31 @@ def method_order(label):
     """Where a label sits in tables and figures: its method's place, then the label."""
     cls = METHODS.get(label.split(" ")[0])
     return (cls.order if cls else len(METHODS), label)
+
+
+
+def joint_errors(results_dir, runs=None):
+    """Each finished run's final per-joint errors (its joints.parquet: written by the final evaluation), with
+    run, label and seed: joint, part, labeled, a share per kind (good, jitter, inversion, swap, miss),
+    median_error_px, net, step. Runs without the file (older ones, PCKh-free monitors) are left out."""
+    runs = load(results_dir)[0] if runs is None else runs
+    frames = []
+    for run, path, label, seed in zip(runs.run, runs.path, runs.label, runs.get("train.seed", pd.Series(0, index=runs.index))):
+        f = os.path.join(path, "joints.parquet")
+        if os.path.exists(f):
+            frames.append(pd.read_parquet(f).assign(run=run, label=label, seed=seed))
+    columns = ["joint", "part", "labeled", *ERROR_KINDS, "median_error_px", "net", "step", "run", "label", "seed"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def part_errors(joints, net=None):
+    """Per run and body part, the shares of its labeled joints by error kind (weighted by how many persons label
+    each joint), for net `net` (default: the run's first: 'net' or 'net0')."""
+    if joints.empty:
+        return pd.DataFrame(columns=["run", "label", "seed", "part", *ERROR_KINDS])
+    first = joints.groupby("run").net.transform("min") if net is None else net
+    j = joints[joints.net == first]
+    weighted = j.assign(**{k: j[k].fillna(0) * j.labeled for k in ERROR_KINDS})
+    g = weighted.groupby(["run", "label", "seed", "part"], sort=False)[[*ERROR_KINDS, "labeled"]].sum().reset_index()
+    g[list(ERROR_KINDS)] = g[list(ERROR_KINDS)].div(g.labeled.clip(lower=1), axis=0)
+    return g.drop(columns="labeled")

@@ -57,7 +57,6 @@ def transform_points(A, pts):
     return pts @ A[:, :2, :2].transpose(1, 2) + A[:, None, :2, 2]
 
 
-@functools.lru_cache(maxsize=64)
 class View(NamedTuple):
     """One view of a batch: the network input, the (B,3,3) matrix from store pixels to view pixels, and
     which samples are mirrored (their joint channels are swapped)."""
@@ -66,6 +65,7 @@ class View(NamedTuple):
     flip: torch.Tensor
 
 
+@functools.lru_cache(maxsize=64)
 def _normaliser(hw, device):
     """Pixels -> grid_sample's [-1, 1] coordinates for an image of size hw, and its inverse; made once per
     size and device (a tensor built from Python numbers is a host-to-device copy on CUDA)."""

@@ -5,6 +5,7 @@ The same path serves the synthetic set and COCO: predictions become a COCO keypo
 """
 import contextlib
 import io
+import os
 
 import numpy as np
 import torch
@@ -106,8 +107,73 @@ def coco_ap(gt_coco, results, image_ids, skeleton):
     return {k: float(max(v, 0.0)) for k, v in zip(COCO_STATS, ev.stats)}
 
 
-def pck(coords, keypoints, bbox, alpha=0.1):
-    """Share of labeled joints predicted within alpha * max(box width, height) of the ground truth."""
+def part_ap(gt_coco, results, image_ids, skeleton, keypoints):
+    """OKS AP of each body part (Skeleton.parts), with ground-truth boxes (`results` row by row with
+    `keypoints`, the persons' ground truth): pycocotools on a copy of the ground truth whose other joints are
+    unlabeled, so OKS counts the part's joints only. A person with none of the part's joints labeled is left
+    out with its prediction (COCO would ignore the person and count its prediction as a false positive unless
+    it lay near the box). -> {AP/<part>: value}."""
+    from pycocotools.coco import COCO
+    out = {}
+    for part, names in skeleton.parts.items():
+        keep = np.zeros(skeleton.num_joints, dtype=bool)
+        keep[list(skeleton.index(names))] = True
+        data = dict(gt_coco.dataset)
+        anns = []
+        for a in data["annotations"]:
+            kp = np.asarray(a.get("keypoints") or [0] * 3 * skeleton.num_joints, dtype=np.float64).reshape(-1, 3)
+            kp[~keep] = 0
+            anns.append(dict(a, keypoints=kp.reshape(-1).tolist(), num_keypoints=int((kp[:, 2] > 0).sum())))
+        part_gt = COCO()
+        part_gt.dataset = dict(data, annotations=anns)
+        with contextlib.redirect_stdout(io.StringIO()):
+            part_gt.createIndex()
+        has = labeled(keypoints[:, keep, 2]).any(1)
+        out[f"AP/{part}"] = coco_ap(part_gt, [r for r, h in zip(results, has) if h], image_ids, skeleton)["AP"]
+    return out
+
+
+ERROR_KINDS = ("good", "jitter", "inversion", "swap", "miss")
+
+
+def joint_errors(coords, keypoints, area, image_ids, skeleton):
+    """Each labeled joint's error, in Ronchi & Perona's taxonomy (ICCV 2017), from its keypoint similarity
+    ks = exp(-d^2 / (2 area (2 sigma)^2)): good (ks >= 0.85), jitter (0.5 <= ks < 0.85: imprecise), and among the
+    gross errors (ks < 0.5) inversion (within 0.5 of the person's own left/right counterpart), swap (within 0.5 of
+    that joint or its counterpart on another person of the image), miss (anything else). -> DataFrame, one row
+    per joint: joint, part, labeled (count), a share per kind, median error in pixels."""
+    import pandas as pd
+    has = labeled(keypoints[..., 2])
+    gt, flip = keypoints[..., :2], list(skeleton.flip_index)
+    ks = lambda a, b, s: oks_per_joint(((a - b) ** 2).sum(-1), s, skeleton.sigmas)  # (N, J)
+    own = ks(coords, gt, area[:, None])
+    inverted = ks(coords, gt[:, flip], area[:, None]) >= 0.5
+    inverted &= has[:, flip]
+    swapped = np.zeros_like(inverted)
+    for img in np.unique(image_ids):
+        rows = np.flatnonzero(image_ids == img)
+        for i in rows:
+            for o in rows[rows != i]:
+                for other in (gt[o], gt[o][flip]):
+                    labels = has[o] if other is gt[o] else has[o][flip]
+                    swapped[i] |= (ks(coords[i], other, area[o]) >= 0.5) & labels
+    gross = own < 0.5
+    kind = np.select([~gross & (own >= 0.85), ~gross, inverted, swapped], list(ERROR_KINDS[:4]), "miss")
+    err = np.linalg.norm(coords - gt, axis=-1)
+    rows = []
+    for j, name in enumerate(skeleton.joints):
+        n = int(has[:, j].sum())
+        shares = {k: float((kind[has[:, j], j] == k).mean()) if n else np.nan for k in ERROR_KINDS}
+        rows.append(dict(joint=name, part=skeleton.part_of(j), labeled=n, **shares,
+                         median_error_px=float(np.median(err[has[:, j], j])) if n else np.nan))
+    return pd.DataFrame(rows)
+
+
+def pck(coords, keypoints, bbox, alpha=0.1, joints=None):
+    """Share of labeled joints (of `joints`: indices, default all) predicted within alpha * max(box width,
+    height) of the ground truth."""
+    if joints is not None:
+        coords, keypoints = coords[:, joints], keypoints[:, joints]
     has_label = labeled(keypoints[..., 2])
     dist = np.linalg.norm(coords - keypoints[..., :2], axis=-1)
     thr = alpha * np.maximum(bbox[:, 2], bbox[:, 3])[:, None]
@@ -133,10 +199,11 @@ def pckh(coords, keypoints, head_size, skeleton, alpha=0.5):
     return out
 
 
-def evaluate(net, val, cfg):
-    """(metrics dict, COCO results list) for a network on a ValSet (of GT or detected boxes; with
-    detections: rescoring by box score, OKS-NMS, and no PCK, which needs a box-to-person match), under
-    the config's eval settings."""
+def evaluate(net, val, cfg, parts=False):
+    """(metrics dict, COCO results list, joint errors or None) for a network on a ValSet (of GT or detected
+    boxes; with detections: rescoring by box score, OKS-NMS, and no PCK, which needs a box-to-person match),
+    under the config's eval settings. parts (ground-truth boxes): also AP and PCK@0.1 per body part
+    (AP/face ...) and each joint's error shares (joint_errors)."""
     e, d = cfg.eval, cfg.data
     pool = val.pool
     coords, conf = predict(net, pool, tuple(d.input_size), d.heatmap_stride, flip_test=e.flip_test,
@@ -155,22 +222,35 @@ def evaluate(net, val, cfg):
                             "`collapse prepare mpii|aic`)")
         metrics = {**pckh(coords, val.keypoints, val.head_size, val.skeleton, 0.5),
                    **pckh(coords, val.keypoints, val.head_size, val.skeleton, 0.1)}
-        return metrics, results
-    metrics = coco_ap(val.gt, results, image_ids, val.skeleton)
-    if not val.detections:
-        metrics["PCK@0.1"] = pck(coords, val.keypoints, val.bbox)
-    return metrics, results
+    else:
+        metrics = coco_ap(val.gt, results, image_ids, val.skeleton)
+        if not val.detections:
+            metrics["PCK@0.1"] = pck(coords, val.keypoints, val.bbox)
+    if not parts or val.detections:
+        return metrics, results, None
+    sk = val.skeleton
+    if e.metric == "oks":
+        metrics.update(part_ap(val.gt, results, image_ids, sk, val.keypoints))
+    for part, names in sk.parts.items():
+        metrics[f"PCK@0.1/{part}"] = pck(coords, val.keypoints, val.bbox, joints=list(sk.index(names)))
+    return metrics, results, joint_errors(coords, val.keypoints, val.area, image_ids, sk)
 
 
-def evaluate_nets(nets, val, cfg, predictions=None):
-    """A run's evaluation: each net scored (and for several, their ensemble), {metric[/net name]: value};
-    with `predictions` (a path stem), each net's COCO results written beside it (stem_net0.json ...)."""
-    from .runs import atomic_write_json
-    out = {}
+def evaluate_nets(nets, val, cfg, folder=None, step=0, parts=False):
+    """A run's evaluation: each net scored (and for several, their ensemble) -> {metric[/net name]: value}. With
+    `folder` (a run folder), each net's COCO results go to predictions/step<step>_<net>.json and, with `parts`
+    (per-part metrics and joint errors too: evaluate), the joint errors to joints.parquet (net and step columns)."""
+    import pandas as pd
+    from .runs import atomic_write_json, atomic_write_parquet
+    out, joints = {}, []
     for name, net in named_nets(nets):
         suffix = "" if len(nets) == 1 else f"/{name}"
-        metrics, results = evaluate(net, val, cfg)
+        metrics, results, errors = evaluate(net, val, cfg, parts)
         out.update({k + suffix: v for k, v in metrics.items()})
-        if predictions:
-            atomic_write_json(f"{predictions}{suffix.replace('/', '_')}.json", results)
+        if errors is not None:
+            joints.append(errors.assign(net=name, step=step))
+        if folder:
+            atomic_write_json(os.path.join(folder, "predictions", f"step{step:07d}{suffix.replace('/', '_')}.json"), results)
+    if folder and joints:
+        atomic_write_parquet(os.path.join(folder, "joints.parquet"), pd.concat(joints, ignore_index=True))
     return out

@@ -67,14 +67,18 @@ def reevaluate(folder, overrides=(), echo=print):
     named = named_nets(nets)
     final = run.file("evaluations", sid)
     tmp = run.file("evaluations", f".tmp-{sid}-{os.getpid()}")
-    rows = []
+    rows, joints = [], []
     try:
         for name, net in named:
-            metrics, results = evaluate(net, val, cfg)
+            metrics, results, errors = evaluate(net, val, cfg, parts=True)
             rows += [dict(net=name, name=k, value=v) for k, v in metrics.items()]
             runs.atomic_write_json(os.path.join(tmp, "predictions", f"{name}.json"), results)
+            if errors is not None:
+                joints.append(errors.assign(net=name))
         table = pd.DataFrame(rows, columns=["net", "name", "value"])
         runs.atomic_write_parquet(os.path.join(tmp, "metrics.parquet"), table)
+        if joints:
+            runs.atomic_write_parquet(os.path.join(tmp, "joints.parquet"), pd.concat(joints, ignore_index=True))
         runs.atomic_write_text(os.path.join(tmp, "settings.yaml"), yaml.safe_dump(
             dict(settings, run=os.path.basename(os.path.normpath(folder)), step=state["step"]), sort_keys=False))
         if os.path.exists(final):
@@ -82,8 +86,26 @@ def reevaluate(folder, overrides=(), echo=print):
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    wide = table.pivot(index="net", columns="name", values="value").loc[[n for n, _ in named], list(dict.fromkeys(table.name))]
+    whole = table[table.name.str.count("/") == 0]  # per-part columns (AP/face ...) in the table below
+    wide = whole.pivot(index="net", columns="name", values="value").loc[[n for n, _ in named], list(dict.fromkeys(whole.name))]
     echo(f"{folder} at step {state['step']}, " + ", ".join(f"{k}={v}" for k, v in settings["eval"].items())
          + f", val split {cfg.data.val_split} -> {final}")
     echo(wide.to_string(float_format=lambda v: f"{v:.4f}"))
+    if joints:
+        echo("per body part (net 0 / the run's net): " + "AP and PCK@0.1, and the shares of its labeled joints by error kind "
+             "(Ronchi & Perona: good, jitter, inversion, swap, miss)")
+        echo(part_table(table, pd.concat(joints, ignore_index=True), named[0][0]).to_string(float_format=lambda v: f"{v:.3f}"))
     return table
+
+
+def part_table(metrics, joints, net):
+    """Per body part of net `net`: its AP and PCK@0.1 (where measured) and its joints' error shares, weighted by
+    how many persons label each joint."""
+    j = joints[joints.net == net]
+    kinds = ["good", "jitter", "inversion", "swap", "miss"]
+    shares = j.assign(**{k: j[k] * j.labeled for k in kinds}).groupby("part", sort=False)[kinds + ["labeled"]].sum()
+    out = shares[kinds].div(shares.labeled.clip(lower=1), axis=0)
+    m = metrics[metrics.net == net].set_index("name").value
+    for metric in ("AP", "PCK@0.1"):
+        out.insert(len(out.columns) - 5, metric, [m.get(f"{metric}/{p}", float("nan")) for p in out.index])
+    return out

@@ -107,7 +107,7 @@ def test_figures_are_written_nonempty_and_deterministic(results, tmp_path):
     assert main(["figures", results, "--out", str(b)]) == 0
     names = sorted(os.listdir(a))
     stems = {"collapse_curves", "response_distributions", "boundary_drift", "final_ap", "heatmap_gallery",
-             "heatmap_evolution"}
+             "heatmap_evolution", "joint_errors"}
     assert names == sorted(f"{s}.{e}" for s in stems for e in ("pdf", "png"))
     for n in names:
         data = (a / n).read_bytes()
@@ -129,7 +129,13 @@ def test_figures_draw_one_line_per_method_with_its_data(results, tmp_path, monke
     monkeypatch.setattr(figures, "save", lambda fig, stem: drawn.setdefault(os.path.basename(stem), fig) and [])
     figures.write_figures(results, str(tmp_path))
     assert set(drawn) == {"collapse_curves", "response_distributions", "boundary_drift", "final_ap",
-                          "heatmap_gallery", "heatmap_evolution"}
+                          "heatmap_gallery", "heatmap_evolution", "joint_errors"}
+    parts = drawn["joint_errors"].axes  # a panel per body part, a bar per method, a segment per error kind
+    assert [ax.get_title() for ax in parts] == ["face", "arms", "legs"]
+    assert [t.get_text() for t in parts[0].get_yticklabels()] == ["supervised", "consistency (w 10)", "dual"]
+    good = analysis.part_errors(analysis.joint_errors(results)).set_index(["label", "part"]).good
+    assert np.allclose([b.get_width() for b in parts[0].patches[:3]],
+                       [good[(l, "face")] for l in ("supervised", "consistency (w 10)", "dual")])
     labels = ["supervised", "consistency (w 10)", "dual"]  # plot order
     runs, metrics, probes = analysis.load(results)
     curves = analysis.collapse_curves(runs, probes)
@@ -151,6 +157,18 @@ def test_figures_draw_one_line_per_method_with_its_data(results, tmp_path, monke
     assert [ax.get_title() for ax in ridge] == labels and all(len(ax.collections) == 13 for ax in ridge)  # 13 probes
     drift = drawn["boundary_drift"].axes
     assert all([l.get_label() for l in ax.get_lines() if not l.get_label().startswith("_")] == labels for ax in drift)
+
+
+def test_joint_errors_by_part_read_each_runs_final_evaluation(results):
+    """joints.parquet (the final evaluation's joint errors) per run and body part, weighted by labeled count."""
+    j = analysis.joint_errors(results)
+    assert set(j.run) == {"supervised", "consistency", "dual"} and set(j.part) == {"face", "arms", "legs"}
+    assert set(j[j.run == "dual"].net) == {"net0", "net1", "ens"} and (j.step == 300).all()
+    p = analysis.part_errors(j).set_index(["run", "part"])
+    one = j[(j.run == "supervised") & (j.part == "face")]
+    assert p.loc[("supervised", "face"), "good"] == pytest.approx((one.good * one.labeled).sum() / one.labeled.sum())
+    # the collapsed run localises fewer faces precisely than supervised does
+    assert p.loc[("consistency", "face"), "good"] < p.loc[("supervised", "face"), "good"]
 
 
 def test_heatmap_gallery_and_evolution_draw_one_column_per_method(results):

@@ -91,3 +91,48 @@ def test_the_transforms_v2_peer_is_correct_per_sample(synth_root):
     assert (theirs_xy - ours_xy)[seen].abs().max() <= 1.0
 
 
+
+
+def test_joint_errors_sort_each_joint_into_ronchi_and_peronas_kinds_as_computed_by_hand():
+    """Two persons of one image, 17 joints each on a 100-px grid, object area 100^2: with OKS's sigma 0.062 a
+    wrist is good within 7.07 px (ks >= 0.85) and right within 14.6 px (ks >= 0.5). Person B is predicted
+    exactly; person A's left wrist 3 px off (good), right wrist 10 px (jitter), left elbow on its own right
+    elbow (inversion), left knee on B's left knee (swap), left ankle far from everything (miss)."""
+    from collapse.data.skeleton import COCO17
+    from collapse.evaluate import joint_errors
+    j = {n: k for k, n in enumerate(COCO17.joints)}
+    grid = np.stack([np.arange(17) % 6 * 100.0, np.arange(17) // 6 * 100.0], 1)
+    gt = np.stack([grid, grid + [0.0, 1000.0]])                                     # B: 1000 px below A
+    keypoints = np.concatenate([gt, np.full((2, 17, 1), 2.0)], -1)
+    pred = gt.copy()
+    pred[0, j["left_wrist"]] += [3, 0]
+    pred[0, j["right_wrist"]] += [0, 10]
+    pred[0, j["left_elbow"]] = gt[0, j["right_elbow"]]
+    pred[0, j["left_knee"]] = gt[1, j["left_knee"]]
+    pred[0, j["left_ankle"]] = [-5000.0, -5000.0]
+    table = joint_errors(pred, keypoints, np.full(2, 100.0 ** 2), np.array([7, 7]), COCO17).set_index("joint")
+    assert (table.labeled == 2).all()
+    expect = {"left_wrist": "good", "right_wrist": "jitter", "left_elbow": "inversion", "left_knee": "swap",
+              "left_ankle": "miss"}
+    for joint, kind in expect.items():
+        row = table.loc[joint]
+        assert row[kind] == (1.0 if kind == "good" else 0.5), (joint, row.to_dict())
+        assert row.good == (1.0 if kind == "good" else 0.5)
+    assert (table.drop(index=list(expect)).good == 1).all()
+    assert table.loc["right_wrist", "median_error_px"] == 5.0                         # (0 + 10) / 2
+    assert table.loc["nose", "part"] == "face" and table.loc["left_knee", "part"] == "legs"
+
+
+def test_part_ap_counts_only_the_parts_joints(synth_root):
+    """Ground truth scores AP 1 in every part; the face moved far off lowers the face's AP alone."""
+    from collapse.data.coco import annotation_path, load_coco, person_instances
+    from collapse.evaluate import part_ap, to_coco_results
+    coco = load_coco(annotation_path(synth_root, "val"))
+    inst = person_instances(coco)
+    sk, kp = inst["skeleton"], inst["keypoints"]
+    exact = part_ap(coco, to_coco_results(inst["image_id"], kp[..., :2], np.ones(kp.shape[:2])), inst["image_id"], sk, kp)
+    assert exact == {"AP/face": 1.0, "AP/arms": 1.0, "AP/legs": 1.0}
+    moved = kp[..., :2].copy()
+    moved[:, list(sk.index(sk.parts["face"]))] += 40.0
+    off = part_ap(coco, to_coco_results(inst["image_id"], moved, np.ones(kp.shape[:2])), inst["image_id"], sk, kp)
+    assert off["AP/face"] < 0.1 and off["AP/arms"] == off["AP/legs"] == 1.0

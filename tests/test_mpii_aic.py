@@ -281,12 +281,17 @@ def test_evaluate_scores_each_net_and_their_ensemble_and_leaves_the_run_alone(sy
     r = _cli("evaluate", out, "eval.flip_test=true", "eval.decode=dark")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert [l.split()[0] for l in lines[-3:]] == ["net0", "net1", "ens"] and "AP" in lines[1]
+    assert [l.split()[0] for l in lines[3:6]] == ["net0", "net1", "ens"] and "AP" in lines[1]
+    assert [l.split()[0] for l in lines[-3:]] == ["face", "arms", "legs"] and "swap" in lines[-5]  # per body part
     assert _digest(out) == before                                                    # the run's own files untouched
     (sid,) = os.listdir(os.path.join(out, "evaluations"))
     folder = os.path.join(out, "evaluations", sid)
     table = pd.read_parquet(os.path.join(folder, "metrics.parquet"))
-    assert set(table.net) == {"net0", "net1", "ens"} and {"AP", "PCK@0.1"} <= set(table.name)
+    assert set(table.net) == {"net0", "net1", "ens"} and {"AP", "PCK@0.1", "AP/face", "PCK@0.1/legs"} <= set(table.name)
+    joints = pd.read_parquet(os.path.join(folder, "joints.parquet"))
+    assert len(joints) == 3 * 17 and set(joints.net) == {"net0", "net1", "ens"}
+    shares = joints[["good", "jitter", "inversion", "swap", "miss"]].dropna()
+    assert np.allclose(shares.sum(1), 1.0)                                           # each joint's errors, one kind each
     assert sorted(os.listdir(os.path.join(folder, "predictions"))) == ["ens.json", "net0.json", "net1.json"]
     again = _cli("evaluate", out, "eval.decode=dark", "eval.flip_test=true")          # same settings: same folder
     assert again.returncode == 0 and os.listdir(os.path.join(out, "evaluations")) == [sid]

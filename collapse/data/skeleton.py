@@ -22,6 +22,7 @@ class Skeleton:
     oks_sigmas: tuple                # per-joint OKS constant, in joint order
     pckh_groups: dict = field(default_factory=dict)  # PCKh table column -> joint names (its value: their PCKh's mean)
     pckh_left_out: tuple = ()        # joints left out of PCKh's mean (MPII: pelvis and thorax)
+    parts: dict = field(default_factory=dict)  # body part -> joint names: per-part AP, PCK and error shares
 
     @property
     def num_joints(self):
@@ -46,6 +47,10 @@ class Skeleton:
     @property
     def sigmas(self):
         return np.asarray(self.oks_sigmas, dtype=np.float64)
+
+    def part_of(self, joint):
+        """The body part (Skeleton.parts) joint index `joint` belongs to."""
+        return next(p for p, names in self.parts.items() if self.joints[joint] in names)
 
     @property
     def pckh_scored(self):
@@ -100,6 +105,9 @@ COCO17 = Skeleton(
      ("right_ear", "right_shoulder")),
     # pycocotools' kpt_oks_sigmas, computed as it computes them (the same floats)
     tuple(np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0),
+    parts={"face": ("nose", "left_eye", "right_eye", "left_ear", "right_ear"),
+           "arms": ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist"),
+           "legs": ("left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")},
 )
 
 # MPII's joint ids 0-15 (the official .mat's `id`, HRNet's and mmpose's JSON order)
@@ -125,6 +133,9 @@ MPII16 = Skeleton(
      "elbow": ("left_elbow", "right_elbow"), "wrist": ("left_wrist", "right_wrist"),
      "hip": ("left_hip", "right_hip"), "knee": ("left_knee", "right_knee"), "ankle": ("left_ankle", "right_ankle")},
     ("pelvis", "thorax"),
+    {"head": ("head_top", "upper_neck"), "torso": ("pelvis", "thorax"),
+     "arms": ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist"),
+     "legs": ("left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")},
 )
 
 # AI Challenger's 14 joints in its files' order
@@ -145,6 +156,10 @@ AIC14 = Skeleton(
     {"head": ("head_top", "neck"), "shoulder": ("left_shoulder", "right_shoulder"),
      "elbow": ("left_elbow", "right_elbow"), "wrist": ("left_wrist", "right_wrist"),
      "hip": ("left_hip", "right_hip"), "knee": ("left_knee", "right_knee"), "ankle": ("left_ankle", "right_ankle")},
+    (),
+    {"head": ("head_top", "neck"),
+     "arms": ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist"),
+     "legs": ("left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")},
 )
 
 SKELETONS = {s.name: s for s in (COCO17, MPII16, AIC14)}

@@ -106,6 +106,7 @@ class ValSet:
     bbox: np.ndarray                 # (N, 4): x, y, w, h
     detections: bool                 # detected boxes (eval.boxes): no keypoints, no PCK
     head_size: np.ndarray = None     # (N,) PCKh's unit in image pixels (MPII, AIC; NaN where unknown)
+    area: np.ndarray = None          # (N,) COCO `area`: OKS's scale s^2 in image pixels
 
     @property
     def skeleton(self):
@@ -123,4 +124,5 @@ def val_set(cfg: Config, store, device, skeleton=None):
     xy = transform_points(torch.linalg.inv(crop), torch.as_tensor(kp[..., :2]).double()).numpy()
     head = store.meta["head_size"][pool.rows] if "head_size" in store.meta else np.full(len(pool), np.nan)
     return ValSet(pool, load_coco(annotation_path(cfg.data.root, cfg.data.val_split)),
-                  np.concatenate([xy, kp[..., 2:]], -1), store.meta["bbox"][pool.rows], bool(cfg.eval.boxes), head)
+                  np.concatenate([xy, kp[..., 2:]], -1), store.meta["bbox"][pool.rows], bool(cfg.eval.boxes), head,
+                  store.meta["area"][pool.rows])

@@ -81,9 +81,8 @@ class Trainer:
             if self.due(t.probe_every):
                 collapsed = self.probe()
             if collapsed is not None or self.due(t.eval_every):
-                self.evaluate()
+                self.evaluate(final=collapsed is not None or self.step == t.steps)
                 self.save()
-                bar.set_postfix(AP=f"{self.latest.get('AP', float('nan')):.3f}")
             elif self.due(t.checkpoint_every):
                 self.save()
             else:
@@ -148,11 +147,12 @@ class Trainer:
                         AP=f"{self.latest.get('AP', float('nan')):.3f}")
         self.losses.reset()
 
-    def evaluate(self):
-        if not self.world.main:  # evaluation is rank 0's: the nets are the same on every rank
+    def evaluate(self, final=False):
+        """Rank 0's (the same nets on every rank); the final one per body part too (joints.parquet: joint errors)."""
+        if not self.world.main:
             return
         t0 = time.perf_counter()
-        self.latest = evaluate_nets(self.nets, self.val, self.cfg, self.run.file("predictions", f"step{self.step:07d}"))
+        self.latest = evaluate_nets(self.nets, self.val, self.cfg, self.run.path, self.step, parts=final)
         self.metrics += [dict(step=self.step, split="val", name=k, value=v) for k, v in self.latest.items()]
         self.timing["eval"] += time.perf_counter() - t0
         self.board and self.board.scalars(self.step, {f"val/{k}": v for k, v in self.latest.items()})
