@@ -19,7 +19,7 @@ def cmd_prepare(args):
     if args.source == "synthetic":
         if args.train <= 0 or args.val <= 0:
             raise ConfigError("--train and --val must be positive")
-        synthetic.prepare(args.out, args.train, args.val, args.seed, args.workers)
+        synthetic.prepare(args.out, args.train, args.val, args.seed, args.workers, args.world)
         print(f"wrote {args.train} train and {args.val} val images to {args.out}")
         return
     sizes = []
@@ -123,6 +123,8 @@ def parser():
     syn.add_argument("--val", type=int, default=400, help="validation images (default 400)")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    syn.add_argument("--world", type=int, default=1, help="1: the demo's world so far; 2: every labeled joint has "
+                     "a cue (data.synthetic_world)")
     syn.set_defaults(func=cmd_prepare)
     co = prs.add_parser("coco", help="COCO person keypoints: filtered instances, labeled splits, unlabeled pool, "
                         "crop stores", description="Reads ROOT/annotations/person_keypoints_{train,val}2017.json "

@@ -23,6 +23,8 @@ class DataConfig:
     synthetic_train: int = 6000      # images generated when the synthetic set is prepared automatically
     synthetic_val: int = 400
     synthetic_seed: int = 0
+    synthetic_world: int = 1         # 1: the demo's world so far | 2: every labeled joint has a cue (ears drawn, larger
+                                     # eye and nose marks, faces turned away unlabeled); collapse/data/synthetic.py
     input_size: typing.List[int] = field(default_factory=lambda: [64, 48])  # crop height, width
     heatmap_stride: int = 2
     sigma: float = 1.5               # Gaussian target sigma in heatmap pixels
@@ -231,6 +233,8 @@ def validate(cfg: Config):
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
     if t.checkpoint_every < 0 or t.probe_every < 0:
         raise ConfigError("config keys 'train.checkpoint_every' and 'train.probe_every' must be >= 0")
+    if d.synthetic_world not in (1, 2):
+        raise ConfigError(f"config key 'data.synthetic_world' must be 1 or 2, got {d.synthetic_world}")
     if d.split not in ("first", "random"):
         raise ConfigError(f"config key 'data.split' must be first or random, got '{d.split}'")
     if d.split_seed < -1:

@@ -16,7 +16,7 @@ EXECUTION = ("train.device", "train.threads", "train.progress", "train.checkpoin
 # at that value a key leaves a run's id as it was before it existed (results folders made earlier are still
 # found and resumed by grids), and analysis gives an older run that lacks the key that value
 LATER_KEYS = {"data.resident_gb": 8.0, "model.sync_bn": False, "eval.metric": "oks", "method.correction": "position",
-              "method.teacher": "eval"}  # mean_teacher's default is now reference; runs before it ran eval
+              "method.teacher": "eval", "data.synthetic_world": 1}  # mean_teacher's default is now reference; runs before it ran eval
 
 # keys that do not make another setting in analysis: how a run was executed, whether it was stopped at its
 # collapse, and train.init_same (a two-net method's factor, shown in its label, whose runs share the seed's

@@ -149,3 +149,40 @@ def test_a_run_read_from_the_memory_map_resumes_exactly_across_a_change_of_subse
     resumed.fit()
     for a, b in zip(ref.nets, resumed.nets):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_world_2_labels_only_joints_its_pixels_show_and_world_1_is_unchanged(tmp_path):
+    """World 2 draws both ears as marks of the head (its part id under each labeled ear), leaves the face of a
+    person facing away unlabeled (world 1 labels it, visibility 1, where nothing shows it), and keeps every
+    other label; world 1's images are the ones this generator always made (a fixed digest)."""
+    img, _ = synthetic.render(0, "train", 5, world=1)
+    assert hashlib.md5(np.asarray(img).tobytes()).hexdigest() == "a0f3155fd7fe003ec85c7ea106900e99"
+    face, ears = (synthetic.NOSE, synthetic.LEYE, synthetic.REYE), (synthetic.LEAR, synthetic.REAR)
+    away = ear_checked = 0
+    for index in range(60):
+        (_, anns1, _), (_, anns2, s2) = (synthetic.scene(0, "train", index, w) for w in (1, 2))
+        assert len(anns1) == len(anns2) == len(s2["people"])
+        for a1, a2, person, own in zip(anns1, anns2, s2["people"], s2["owners"]):
+            k1, k2 = np.reshape(a1["keypoints"], (17, 3)), np.reshape(a2["keypoints"], (17, 3))
+            if person["facing"] < 0:
+                away += 1
+                assert (k2[list(face)] == 0).all()                           # unlabeled in world 2 ...
+                assert all(k1[j, 2] == 1 for j in face if k1[j, 0] > 0)      # ... labeled, unseen, in world 1
+            body = [j for j in range(17) if j not in face]
+            assert ((k1[body, 2] > 0) == (k2[body, 2] > 0)).all()            # the rest labeled as before (an ear
+            # mark may cover a joint under it: visible in world 1, covered in world 2)
+            for j in ears:
+                if k2[j, 2] == 2:
+                    x, y = (int(round(v - 0.5)) for v in k2[j, :2])
+                    assert int(s2["ids"][y, x]) in own[j]                    # on the ear mark of its own head
+                    ear_checked += 1
+    assert away >= 5 and ear_checked >= 20, (away, ear_checked)
+
+
+def test_a_root_of_another_world_is_refused(tmp_path):
+    synthetic.prepare(str(tmp_path / "w2"), 3, 2, seed=0, workers=1, world=2)
+    assert synthetic.is_prepared(str(tmp_path / "w2"), world=2)
+    import pytest
+    from collapse.errors import DataError
+    with pytest.raises(DataError, match="world 2, not world 1"):
+        synthetic.is_prepared(str(tmp_path / "w2"), world=1)

@@ -19,8 +19,8 @@ def ensure_data(cfg: Config, progress=False):
     """Prepare the synthetic set if it is the source and absent; build (or reuse) the crop stores:
     (train, val) or (train, val, unlabeled pool)."""
     d = cfg.data
-    if d.source == "synthetic" and not synthetic.is_prepared(d.root):
-        synthetic.prepare(d.root, d.synthetic_train, d.synthetic_val, d.synthetic_seed)
+    if d.source == "synthetic" and not synthetic.is_prepared(d.root, d.synthetic_world):
+        synthetic.prepare(d.root, d.synthetic_train, d.synthetic_val, d.synthetic_seed, world=d.synthetic_world)
     elif not os.path.isdir(d.root):
         raise DataError(f"data folder not found: {d.root}")
     hw = tuple(d.input_size)

@@ -12,6 +12,13 @@ joint swap stay valid augmentations.
 
 Each image is generated from its own seed sequence (seed, split, index), so the output does not depend
 on the number of worker processes, and the same seed gives byte-identical annotations and images.
+
+Worlds (`data.synthetic_world`): 1, the demo's so far: eyes and nose as marks of ~0.2 head radii, ears not
+drawn, a person facing away keeps nose and eyes labeled (visibility 1) where nothing shows them. 2, joints a
+COCO annotator could place: eyes and nose as marks of 0.3 head radii (the nose lighter than the eyes), both
+ears drawn as marks on the head's edge (seen from either side), and a person facing away has nose and eyes
+unlabeled (visibility 0: no annotator could place them). World 2 draws the same scenes as world 1 (the same
+random draws: poses, colours, clutter), so the two differ only in these cues and labels.
 """
 import json
 import math
@@ -21,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import DataError
 from ..runs import atomic_write_text
 from .skeleton import COCO17, PERSON, labeled
 
@@ -137,7 +145,14 @@ def _parts(p, rng):
     return legs + behind + [torso, neck, head] + front
 
 
-def _draw_part(draw, ids, kind, geom, width, colour, pid, face=None):
+WORLDS = (1, 2)
+
+
+def _shade(colour, by):
+    return tuple(int(np.clip(c * by, 0, 255)) for c in colour)
+
+
+def _draw_part(draw, ids, kind, geom, width, colour, pid, face=None, world=1, ears=None):
     if kind == "stick":
         (a, b), w = geom, max(1.0, width)
         pts = [tuple(a), tuple(b)]
@@ -155,11 +170,17 @@ def _draw_part(draw, ids, kind, geom, width, colour, pid, face=None):
         box = [c[0] - r, c[1] - 1.15 * r, c[0] + r, c[1] + 1.15 * r]
         for d, fill in ((draw, colour), (ids, pid)):
             d.ellipse(box, fill=fill)
+        if ears is not None:  # world 2: both ears, marks on the head's edge, seen from the front and the back
+            for q in ears:
+                e = max(1.0, 0.3 * r)
+                for d, fill in ((draw, _shade(colour, 0.7)), (ids, pid)):
+                    d.ellipse([q[0] - e, q[1] - e, q[0] + e, q[1] + e], fill=fill)
         if face is not None:  # eyes and nose, only on people facing the camera
             jts, dark = face
             for k in (LEYE, REYE, NOSE):
-                e = max(0.8, 0.18 * r)
-                draw.ellipse([jts[k][0] - e, jts[k][1] - e, jts[k][0] + e, jts[k][1] + e], fill=dark)
+                e = max(0.8, 0.18 * r) if world == 1 else max(1.0, 0.3 * r)
+                fill = dark if world == 1 or k != NOSE else _shade(dark, 3.0)
+                draw.ellipse([jts[k][0] - e, jts[k][1] - e, jts[k][0] + e, jts[k][1] + e], fill=fill)
 
 
 def _distractor(draw, ids, rng, w, h, occluder):
@@ -182,8 +203,15 @@ def _distractor(draw, ids, rng, w, h, occluder):
             d.rectangle([x - size, y - size / 2, x + size, y + size / 2], fill=fill)
 
 
-def render(seed, split, index):
+def render(seed, split, index, world=1):
     """One image and its person annotations (list of dicts without ids)."""
+    img, anns, _ = scene(seed, split, index, world)
+    return img, anns
+
+
+def scene(seed, split, index, world=1):
+    """render's image and annotations, and what the tests check them against: the part-id map, and per
+    person its joints' positions, facing and the part ids that own each joint."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
     w, h = int(rng.integers(96, 161)), int(rng.integers(96, 161))
     img = _background(rng, w, h)
@@ -200,7 +228,8 @@ def render(seed, split, index):
         for qi, (kind, geom, width, colour, joints) in enumerate(_parts(p, rng)):
             pid = 1 + pi * 16 + qi
             face = (p["joints"], dark) if kind == "head" and p["facing"] > 0 else None
-            _draw_part(draw, ids, kind, geom, width, colour, pid, face)
+            ears = (p["joints"][LEAR], p["joints"][REAR]) if kind == "head" and world == 2 else None
+            _draw_part(draw, ids, kind, geom, width, colour, pid, face, world, ears)
             for k in joints:
                 own[k].add(pid)
         owners.append(own)
@@ -212,7 +241,7 @@ def render(seed, split, index):
     img = Image.fromarray(np.clip(pix, 0, 255).astype(np.uint8))
 
     idarr = np.asarray(idmap)
-    anns = []
+    anns, annotated = [], []  # annotated: the person each annotation is of
     for pi, (p, own) in enumerate(zip(people, owners)):
         mask = (idarr >= 1 + pi * 16) & (idarr < 1 + (pi + 1) * 16)
         area = int(mask.sum())
@@ -227,27 +256,32 @@ def render(seed, split, index):
             if not (0 <= xi < w and 0 <= yi < h):
                 kps += [0, 0, 0]
                 continue
-            visible = int(idarr[yi, xi]) in own[k] and not (p["facing"] < 0 and k in (NOSE, LEYE, REYE))
+            hidden_face = p["facing"] < 0 and k in (NOSE, LEYE, REYE)  # facing away: nothing shows them
+            if hidden_face and world == 2:  # no annotator could place them: unlabeled
+                kps += [0, 0, 0]
+                continue
+            visible = int(idarr[yi, xi]) in own[k] and not hidden_face
             # +0.5: PIL draws pixel k's centre at k; COCO coordinates put it at k + 0.5
             kps += [round(float(x) + 0.5, 2), round(float(y) + 0.5, 2), 2 if visible else 1]
+        annotated.append(pi)
         anns.append(dict(bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)], area=float(area),
                          keypoints=kps, num_keypoints=sum(1 for v in kps[2::3] if labeled(v)), iscrowd=0,
                          category_id=PERSON))
-    return img, anns
+    return img, anns, dict(ids=idarr, people=[people[i] for i in annotated], owners=[owners[i] for i in annotated])
 
 
 def _render_chunk(args):
-    seed, split, start, stop, image_dir = args
+    seed, split, start, stop, image_dir, world = args
     out = []
     for i in range(start, stop):
-        img, anns = render(seed, split, i)
+        img, anns = render(seed, split, i, world)
         name = f"{i:06d}.jpg"
         img.save(os.path.join(image_dir, name), quality=92)
         out.append((i, name, img.width, img.height, anns))
     return out
 
 
-def write_split(root, split, count, seed, workers=None):
+def write_split(root, split, count, seed, workers=None, world=1):
     """Render `count` images of one split under root/images/split and write its COCO json atomically."""
     image_dir = os.path.join(root, "images", split)
     ann_dir = os.path.join(root, "annotations")
@@ -255,7 +289,7 @@ def write_split(root, split, count, seed, workers=None):
     os.makedirs(ann_dir, exist_ok=True)
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
     chunk = max(1, min(500, -(-count // workers)))
-    jobs = [(seed, split, a, min(a + chunk, count), image_dir) for a in range(0, count, chunk)]
+    jobs = [(seed, split, a, min(a + chunk, count), image_dir, world) for a in range(0, count, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = [r for part in pool.map(_render_chunk, jobs) for r in part]
@@ -266,18 +300,30 @@ def write_split(root, split, count, seed, workers=None):
         images.append(dict(id=i + 1, file_name=name, width=w, height=h))
         for a in anns:
             annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, **a))
-    data = dict(info=dict(description=f"collapse synthetic persons, split {split}, seed {seed}"),
+    what = f"collapse synthetic persons, split {split}, seed {seed}" + (f", world {world}" if world != 1 else "")
+    data = dict(info=dict(description=what),
                 images=images, annotations=annotations, categories=[COCO17.category()])
     path = os.path.join(ann_dir, f"person_keypoints_{split}.json")
     atomic_write_text(path, json.dumps(data, sort_keys=True, separators=(",", ":")))
     return path
 
 
-def prepare(root, train, val, seed, workers=None):
-    """Write the synthetic data set (train and val splits) under root."""
+def prepare(root, train, val, seed, workers=None, world=1):
+    """Write the synthetic data set (train and val splits) under root, and what made it (synthetic.json)."""
+    if world not in WORLDS:
+        raise DataError(f"synthetic world {world} does not exist (choose from {', '.join(map(str, WORLDS))})")
     for split, n in (("train", train), ("val", val)):
-        write_split(root, split, n, seed, workers)
+        write_split(root, split, n, seed, workers, world)
+    atomic_write_text(os.path.join(root, "synthetic.json"), json.dumps(dict(train=train, val=val, seed=seed, world=world)))
 
 
-def is_prepared(root):
-    return all(os.path.exists(os.path.join(root, "annotations", f"person_keypoints_{s}.json")) for s in SPLITS)
+def is_prepared(root, world=1):
+    """Whether root holds the synthetic set; a set of another world there is a DataError (sets from before
+    worlds existed are world 1)."""
+    if not all(os.path.exists(os.path.join(root, "annotations", f"person_keypoints_{s}.json")) for s in SPLITS):
+        return False
+    made = os.path.join(root, "synthetic.json")
+    there = json.load(open(made)).get("world", 1) if os.path.exists(made) else 1
+    if there != world:
+        raise DataError(f"{root} holds the synthetic set of world {there}, not world {world}: choose another data.root")
+    return True
