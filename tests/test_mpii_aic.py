@@ -291,7 +291,7 @@ def test_evaluate_scores_each_net_and_their_ensemble_and_leaves_the_run_alone(sy
     joints = pd.read_parquet(os.path.join(folder, "joints.parquet"))
     assert len(joints) == 3 * 17 and set(joints.net) == {"net0", "net1", "ens"}
     shares = joints[["good", "jitter", "inversion", "swap", "miss"]].dropna()
-    assert np.allclose(shares.sum(1), 1.0)                                           # each joint's errors, one kind each
+    assert np.allclose(shares.sum(axis=1), 1.0)                                           # each joint's errors, one kind each
     assert sorted(os.listdir(os.path.join(folder, "predictions"))) == ["ens.json", "net0.json", "net1.json"]
     again = _cli("evaluate", out, "eval.decode=dark", "eval.flip_test=true")          # same settings: same folder
     assert again.returncode == 0 and os.listdir(os.path.join(out, "evaluations")) == [sid]
