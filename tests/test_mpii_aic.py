@@ -4,8 +4,6 @@ an MPII + AIC run scored by PCKh, and `collapse evaluate`."""
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -17,7 +15,6 @@ from collapse.data.skeleton import AIC14, MPII16
 
 MPII_JOINTS, AIC = MPII16.joints, AIC14.joints
 from collapse.evaluate import pckh
-from conftest import REPO
 
 W, H = 160, 120
 
@@ -41,7 +38,15 @@ def _mpii_person(image, shift=0.0, shown=None):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "collapse", *args], cwd=REPO, capture_output=True, text=True)
+    """`collapse ARGS` in this process (through the command line's own `main`): its exit code and output."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+    from collapse.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def _prepare(kind, ann, images, out, split, *more):
