@@ -7,7 +7,7 @@ import pandas as pd
 import yaml
 
 from collapse.errors import UserError
-from collapse.evaluate import ERROR_KINDS  # noqa: F401  (re-exported for the figures)
+from collapse.evaluate import ERROR_KINDS, part_shares  # ERROR_KINDS: re-exported for the figures
 from collapse.grid import WARM_START
 from collapse.identity import flatten as _flatten, with_defaults  # noqa: F401  (re-exported)
 from collapse.methods import METHODS
@@ -138,8 +138,4 @@ def part_errors(joints, net=None):
     if joints.empty:
         return pd.DataFrame(columns=["run", "label", "seed", "part", *ERROR_KINDS])
     first = joints.groupby("run").net.transform("min") if net is None else net
-    j = joints[joints.net == first]
-    weighted = j.assign(**{k: j[k].fillna(0) * j.labeled for k in ERROR_KINDS})
-    g = weighted.groupby(["run", "label", "seed", "part"], sort=False)[[*ERROR_KINDS, "labeled"]].sum().reset_index()
-    g[list(ERROR_KINDS)] = g[list(ERROR_KINDS)].div(g.labeled.clip(lower=1), axis=0)
-    return g.drop(columns="labeled")
+    return part_shares(joints[joints.net == first], by=["run", "label", "seed"])

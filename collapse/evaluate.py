@@ -12,7 +12,7 @@ import torch
 from pycocotools.cocoeval import COCOeval
 
 from .augment import about_centre, normalise, store_to_input, stride_scale, swap_flipped, transform_points, warp
-from .data.skeleton import PERSON, for_channels, labeled, oks_per_joint
+from .data.skeleton import PERSON, for_channels, labeled
 from .errors import DataError
 from .heatmaps import CONFIDENT, decode, decode_dark
 from .models import evaluating, named_nets
@@ -85,8 +85,8 @@ def oks_nms(results, areas, threshold=0.9):
         mine = []
         for r, a in cands:
             xy = np.asarray(r["keypoints"]).reshape(-1, 3)[:, :2]
-            sigmas = for_channels(len(xy)).sigmas
-            if all(np.mean(oks_per_joint(((xy - kx) ** 2).sum(1), ka, sigmas)) <= threshold for kx, ka in mine):
+            skeleton = for_channels(len(xy))
+            if all(np.mean(skeleton.oks(((xy - kx) ** 2).sum(1), ka)) <= threshold for kx, ka in mine):
                 mine.append((xy, a))
                 kept.append(r)
     return kept
@@ -145,18 +145,16 @@ def joint_errors(coords, keypoints, area, image_ids, skeleton):
     import pandas as pd
     has = labeled(keypoints[..., 2])
     gt, flip = keypoints[..., :2], list(skeleton.flip_index)
-    ks = lambda a, b, s: oks_per_joint(((a - b) ** 2).sum(-1), s, skeleton.sigmas)  # (N, J)
-    own = ks(coords, gt, area[:, None])
-    inverted = ks(coords, gt[:, flip], area[:, None]) >= 0.5
-    inverted &= has[:, flip]
+    ks = lambda pred, truth, a: skeleton.oks(((pred - truth) ** 2).sum(-1), a)
+    own = ks(coords, gt, area[:, None])                                              # (N, J)
+    inverted = (ks(coords, gt[:, flip], area[:, None]) >= 0.5) & has[:, flip]
     swapped = np.zeros_like(inverted)
-    for img in np.unique(image_ids):
+    for img in np.unique(image_ids):  # every other person of the image at once: (n, n, J), the diagonal left out
         rows = np.flatnonzero(image_ids == img)
-        for i in rows:
-            for o in rows[rows != i]:
-                for other in (gt[o], gt[o][flip]):
-                    labels = has[o] if other is gt[o] else has[o][flip]
-                    swapped[i] |= (ks(coords[i], other, area[o]) >= 0.5) & labels
+        others = ~np.eye(len(rows), dtype=bool)[..., None]
+        for order in (slice(None), flip):  # the same joint, then its counterpart
+            near = ks(coords[rows][:, None], gt[rows][:, order][None], area[rows][None, :, None]) >= 0.5
+            swapped[rows] |= (near & has[rows][:, order][None] & others).any(1)
     gross = own < 0.5
     kind = np.select([~gross & (own >= 0.85), ~gross, inverted, swapped], list(ERROR_KINDS[:4]), "miss")
     err = np.linalg.norm(coords - gt, axis=-1)
@@ -167,6 +165,16 @@ def joint_errors(coords, keypoints, area, image_ids, skeleton):
         rows.append(dict(joint=name, part=skeleton.part_of(j), labeled=n, **shares,
                          median_error_px=float(np.median(err[has[:, j], j])) if n else np.nan))
     return pd.DataFrame(rows)
+
+
+def part_shares(joints, by=()):
+    """joint_errors rows (with the `by` columns) -> per `by` and body part, the shares of the labeled joints by
+    error kind, each joint weighted by how many persons label it."""
+    kinds = list(ERROR_KINDS)
+    weighted = joints.assign(**{k: joints[k].fillna(0) * joints.labeled for k in kinds})
+    g = weighted.groupby([*by, "part"], sort=False)[[*kinds, "labeled"]].sum().reset_index()
+    g[kinds] = g[kinds].div(g.labeled.clip(lower=1), axis=0)
+    return g.drop(columns="labeled")
 
 
 def pck(coords, keypoints, bbox, alpha=0.1, joints=None):

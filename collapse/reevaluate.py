@@ -17,7 +17,7 @@ from . import config, runs
 from .errors import ConfigError
 from .data.splits import val_set, val_store
 from .device import resolve_device
-from .evaluate import evaluate
+from .evaluate import evaluate, part_shares
 from .identity import EVALUATION
 from .methods import method_class
 from .models import build_model, named_nets
@@ -99,13 +99,8 @@ def reevaluate(folder, overrides=(), echo=print):
 
 
 def part_table(metrics, joints, net):
-    """Per body part of net `net`: its AP and PCK@0.1 (where measured) and its joints' error shares, weighted by
-    how many persons label each joint."""
-    j = joints[joints.net == net]
-    kinds = ["good", "jitter", "inversion", "swap", "miss"]
-    shares = j.assign(**{k: j[k] * j.labeled for k in kinds}).groupby("part", sort=False)[kinds + ["labeled"]].sum()
-    out = shares[kinds].div(shares.labeled.clip(lower=1), axis=0)
+    """Per body part of net `net`: its AP and PCK@0.1 (where measured), then its joints' error shares."""
+    shares = part_shares(joints[joints.net == net]).set_index("part")
     m = metrics[metrics.net == net].set_index("name").value
-    for metric in ("AP", "PCK@0.1"):
-        out.insert(len(out.columns) - 5, metric, [m.get(f"{metric}/{p}", float("nan")) for p in out.index])
-    return out
+    measured = {metric: [m.get(f"{metric}/{p}", float("nan")) for p in shares.index] for metric in ("AP", "PCK@0.1")}
+    return shares.assign(**measured)[[*measured, *shares.columns]]

@@ -9,6 +9,7 @@ run's skeleton has and that set lacks are unlabeled. The joint counts differ bet
 heatmap's channel count names its skeleton (`for_channels`): the device code (flip swaps, OKS) needs nothing else.
 """
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class Skeleton:
     def index(self, names):
         return tuple(self.joints.index(n) for n in names)
 
-    @property
+    @cached_property  # a frozen dataclass's instance __dict__ still takes it
     def flip_index(self):
         """Channel j of a mirrored view holds joint flip_index[j] of the unmirrored one."""
         index = list(range(self.num_joints))
@@ -40,11 +41,11 @@ class Skeleton:
             index[i], index[j] = j, i
         return tuple(index)
 
-    @property
+    @cached_property
     def limb_index(self):
         return tuple(self.index(pair) for pair in self.limbs)
 
-    @property
+    @cached_property
     def sigmas(self):
         return np.asarray(self.oks_sigmas, dtype=np.float64)
 
@@ -52,7 +53,7 @@ class Skeleton:
         """The body part (Skeleton.parts) joint index `joint` belongs to."""
         return next(p for p, names in self.parts.items() if self.joints[joint] in names)
 
-    @property
+    @cached_property
     def pckh_scored(self):
         """Joint indices PCKh's mean counts."""
         return tuple(j for j, n in enumerate(self.joints) if n not in self.pckh_left_out)
@@ -68,9 +69,9 @@ class Skeleton:
 
     def oks(self, d2, area):
         """OKS per joint of squared distances d2 (..., J) at object areas `area` (broadcast), this skeleton's sigmas."""
+        import torch
         sigmas = self.sigmas
-        if hasattr(d2, "device"):  # a tensor: its sigmas on its device, in its dtype
-            import torch
+        if isinstance(d2, torch.Tensor):  # its sigmas on its device, in its dtype
             sigmas = torch.as_tensor(sigmas, dtype=d2.dtype, device=d2.device)
         return oks_per_joint(d2, area, sigmas)
 
