@@ -18,6 +18,8 @@ import numpy
 import torch
 import yaml
 
+from .identity import run_id  # noqa: F401  (re-exported: a run's identity is collapse/identity.py's)
+
 
 def _atomic_write_bytes(path, data):
     folder = os.path.dirname(os.path.abspath(path))
@@ -80,8 +82,6 @@ def timing_account(timing, steps, data_clock):
                 probe_share=timing["probe"] / max(timing["total"], 1e-9), seconds_per_step=train_time / max(steps, 1))
 
 
-from .identity import run_id  # noqa: E402,F401  (a run's identity: collapse/identity.py)
-
 
 def final_value(final, name="AP"):
     """A run's final `name` from its last evaluation ({metric: value}); for two-net runs net 0's, the
@@ -102,8 +102,7 @@ def code_version():
     whether tracked files differ from it."""
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha1()
-    for base, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
+    for base, _, files in sorted(os.walk(root)):  # every folder listed, then in name order
         for f in sorted(files):
             if f.endswith(".py"):
                 path = os.path.join(base, f)
