@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)  # two workers on two cores: one thread each
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
