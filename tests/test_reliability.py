@@ -46,14 +46,15 @@ def _results(out):
 
 
 def test_sigkill_at_random_steps_then_resume_gives_identical_results(synth_root, tmp_path):
+    """One run killed three times (the first launch and two resumes, each with SIGKILL at a random moment),
+    then resumed to the end: every loss, LR, AP, probe and the teacher equal to a run never killed."""
     ref = str(tmp_path / "ref")
     subprocess.run(_train_cmd(synth_root, ref), cwd=REPO, check=True, capture_output=True)
     ref_val, ref_train, ref_probes = _results(ref)
     rng = random.Random(20261203)  # fixed: a failure names its kill points and can be replayed
-    kills = set()
+    out, kills = str(tmp_path / "killed"), []
     # one random kill point in each third of the run, so the three land at different checkpoints
-    for k, target in enumerate([rng.randint(3, 6), rng.randint(12, 15), rng.randint(21, 24)]):
-        out = str(tmp_path / f"killed{k}")
+    for target in [rng.randint(3, 6), rng.randint(12, 15), rng.randint(21, 24)]:
         proc = subprocess.Popen(_train_cmd(synth_root, out), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         while proc.poll() is None and _checkpoint_step(out) < target:
@@ -64,18 +65,18 @@ def test_sigkill_at_random_steps_then_resume_gives_identical_results(synth_root,
         at = _checkpoint_step(out)
         assert 0 < at < 36, "the kill must land mid-run"
         assert json.load(open(os.path.join(out, "manifest.json")))["status"] == "running"
-        kills.add(at)
-        subprocess.run(_train_cmd(synth_root, out), cwd=REPO, check=True, capture_output=True)
-        val, train, probes = _results(out)
-        assert json.load(open(os.path.join(out, "manifest.json")))["status"] == "done"
-        pd.testing.assert_frame_equal(val, ref_val, obj=f"val metrics after a kill at step {at}")  # every AP ... exactly
-        pd.testing.assert_frame_equal(train, ref_train, obj=f"losses and LR after a kill at step {at}")
-        pd.testing.assert_frame_equal(probes, ref_probes)
-        a = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
-        b = torch.load(os.path.join(ref, "checkpoint.pt"), weights_only=False)
-        for x, y in zip(a["teachers"][0].values(), b["teachers"][0].values()):
-            assert torch.equal(x, y)
-    assert len(kills) >= 3, kills
+        kills.append(at)
+    assert len(set(kills)) == 3 and kills == sorted(kills), kills  # three resumes, each from a later checkpoint
+    subprocess.run(_train_cmd(synth_root, out), cwd=REPO, check=True, capture_output=True)
+    val, train, probes = _results(out)
+    assert json.load(open(os.path.join(out, "manifest.json")))["status"] == "done"
+    pd.testing.assert_frame_equal(val, ref_val, obj=f"val metrics after kills at steps {kills}")  # every AP ... exactly
+    pd.testing.assert_frame_equal(train, ref_train, obj=f"losses and LR after kills at steps {kills}")
+    pd.testing.assert_frame_equal(probes, ref_probes)
+    a = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    b = torch.load(os.path.join(ref, "checkpoint.pt"), weights_only=False)
+    for x, y in zip(a["teachers"][0].values(), b["teachers"][0].values()):
+        assert torch.equal(x, y)
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(synth_root, tmp_path, monkeypatch):
