@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from . import cuda_rules, runs
+from . import config, cuda_rules, runs
 from .data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,9 +188,10 @@ def gpu_check(out, echo=print):
     t0 = time.perf_counter()
     env = environment()
     echo(f"collapse gpu-check on {env['device']} (torch {env['torch']}, CUDA {env['cuda']}, {env['gpus']} GPU(s)) -> {out}")
-    small = os.path.join(out, "data", "synthetic-small")
-    if not synthetic.is_prepared(small):
-        synthetic.prepare(small, 300, 60, seed=3, workers=min(4, os.cpu_count() or 1))
+    small = os.path.join(out, "data", "synthetic-small")  # trained with configs/demo.yaml: the demo's world
+    world = config.load(os.path.join(REPO, "configs/demo.yaml")).data.synthetic_world
+    if not synthetic.is_prepared(small, world):
+        synthetic.prepare(small, 300, 60, seed=3, workers=min(4, os.cpu_count() or 1), world=world)
     report = dict(environment=env, cpu_rules=cpu_rules(small, out, echo), owed=[])
     if env["gpus"]:
         report["sync_debug"] = sync_debug(small, out, echo)

@@ -26,6 +26,9 @@ def synth_root(tmp_path_factory):
 
 
 def make_synthetic(root):
-    """The suite's small synthetic set (300 train, 60 val images, seed 3) at `root`."""
+    """The suite's small synthetic set (300 train, 60 val images, seed 3) at `root`, in the demo's world
+    (configs/demo.yaml: the tests train it with data.root=<this folder>)."""
+    from collapse import config
     from collapse.data import synthetic
-    synthetic.prepare(root, 300, 60, seed=3, workers=2)
+    world = config.load(os.path.join(REPO, "configs", "demo.yaml")).data.synthetic_world
+    synthetic.prepare(root, 300, 60, seed=3, workers=2, world=world)

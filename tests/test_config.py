@@ -56,8 +56,9 @@ def test_every_shipped_config_loads():
 def test_keys_added_later_leave_the_ids_of_earlier_runs_alone():
     import copy
     from collapse.identity import LATER_KEYS, run_id
-    # the demo's dual as configs/demo.yaml set it before 2026-12 (first-N split, automatic precision)
-    old_demo = ["method.name=dual", "data.split=first", "data.split_seed=0", "train.precision=auto"]
+    # the demo's dual as configs/demo.yaml set it before 2026-12 (first-N split, automatic precision, world 1)
+    old_demo = ["method.name=dual", "data.split=first", "data.split_seed=0", "train.precision=auto",
+                "data.root=data/synthetic", "data.synthetic_world=1", "data.sigma=1.5"]
     cfg = config.load("configs/demo.yaml", old_demo).to_dict()
     assert run_id(cfg) == "4283931faa"  # the id this run had before data.resident_gb and model.sync_bn existed
     older = copy.deepcopy(cfg)

@@ -182,7 +182,7 @@ def test_the_monitored_run_notebook_draws_a_lightning_runs_collapse_curves(synth
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert first.source.startswith("RESULTS = ")  # the variables a user edits
     first.source = first.source.replace('"../results/monitored"', repr(str(tmp_path / "monitored"))).replace(
-        '"../data/synthetic"', repr(synth_root))
+        '"../data/synthetic_w2"', repr(synth_root))
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
