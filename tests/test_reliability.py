@@ -122,7 +122,7 @@ def test_a_diverging_run_fails_alone_and_the_grid_goes_on(synth_root, tmp_path):
 
 
 def test_two_grid_processes_on_one_folder_run_each_run_once(synth_root, tmp_path):
-    g = _grid(tmp_path, synth_root, [{"method.name": n} for n in ("supervised", "consistency", "easy_hard", "threshold")])
+    g = _grid(tmp_path, synth_root, [{"method.name": n} for n in ("supervised", "consistency", "easy_hard")])
     out = str(tmp_path / "r")
     from collapse.grid import expand
     from collapse.data.splits import ensure_data
