@@ -1,6 +1,6 @@
 """Collapse curves, the collapse index, and the detector over results folders.
 
-The detector is collapse.monitor.detect (shared with the trainer's `train.stop_on_collapse` and the monitor
+The detector is collapse.detector.detect (shared with the trainer's `train.stop_on_collapse` and the monitor
 for other trainers): two signals must agree, each below FADE_RATIO of its own running peak for
 COLLAPSE_PATIENCE consecutive probes: (1) the unlabeled response or its pseudo-labels' quality, and (2) its
 pseudo-labels' quantity or the run's AP. It needs nothing but the run. A second trigger compares with the
@@ -17,8 +17,8 @@ from collapse.identity import NOT_SETTINGS
 from collapse.runs import final_value
 import numpy as np
 
-from collapse.monitor import FADE_RATIO, QUANTITY_TAU, detect, first_streak
-from collapse.probes import COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, collapse_index
+from collapse.detector import (COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, FADE_RATIO, QUANTITY_TAU,
+                               collapse_index, detect, first_streak)
 
 REFERENCE_RATIO = 0.25  # collapsed vs supervised: below a quarter of its response (the demo's criterion)
 

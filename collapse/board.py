@@ -5,7 +5,8 @@ about). The run's parquet files stay the source of truth; this is a view of them
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from .probes import HIST_EDGES, collapse_index, unlabeled_response
+from .detector import collapse_index, unlabeled_response
+from .probes import HIST_EDGES
 
 
 class Board:

@@ -109,6 +109,12 @@ def cmd_gpu_check(args):
         raise RunFailure(f"some checks failed: {os.path.join(args.out, 'gpu_check.md')}")
 
 
+def _config_arguments(command, config_help):
+    """A command that reads a config: the YAML file, then dotted overrides (train, bench)."""
+    command.add_argument("config", help=config_help)
+    command.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+
+
 def parser():
     p = argparse.ArgumentParser(prog="collapse", description="Semi-supervised heatmap pose estimation: "
                                 "why consistency training collapses, and what prevents it.")
@@ -158,8 +164,7 @@ def parser():
 
     tr = sub.add_parser("train", help="train one run", description="Train one run. Overrides are dotted "
                         "config keys, e.g. method.name=supervised train.steps=2000.")
-    tr.add_argument("config", help="YAML config (may extend configs/base.yaml)")
-    tr.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    _config_arguments(tr, "YAML config (may extend configs/base.yaml)")
     tr.add_argument("--out", help="run folder (default results/<method>-<run id>)")
     tr.add_argument("--nproc", type=int, default=1, help="processes for one run (DDP; a GPU each, or gloo on "
                     "the CPU); train.batch_* are the global batch. torchrun --nproc-per-node N -m collapse train ... "
@@ -200,8 +205,7 @@ def parser():
                         "step; the same labeled batches from per-sample pipelines in DataLoader workers "
                         "(torchvision.transforms.v2 with KeyPoints, with --workers and with 1; the classical PIL one) "
                         "as ratios to the batched path; and crop-store decoding, TorchCodec batched vs PIL.")
-    be.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
-    be.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    _config_arguments(be, "YAML config, e.g. configs/demo.yaml")
     be.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     be.add_argument("--batches", type=int, default=30, help="timed batches per data path (default 30)")
     be.add_argument("--workers", type=int, help="DataLoader workers of the per-sample pipelines (default 2; v2 runs with 1 too)")

@@ -1,17 +1,13 @@
 """The Trainer's probes: fixed probe sets (the first `train.probe_size` unlabeled and validation crops,
-un-augmented) drawn from the run's pools; the statistics themselves, the gallery and the collapse detector
-are collapse/monitor.py's, the one implementation shared with other people's trainers."""
+un-augmented) drawn from the run's pools; the statistics themselves and the gallery are collapse/monitor.py's,
+the one implementation shared with other people's trainers (the detector: collapse/detector.py)."""
 import torch
 
 from .augment import normalise, store_to_input, transform_points, warp
-from .monitor import (COLLAPSE_FLOOR, COLLAPSE_PATIENCE, COLLAPSE_RATIO, GALLERY, HIST_EDGES, PL_TAUS,
-                      PROBE_COLUMNS, TAUS, ProbeRow, ProbeSet, collapse_index, collapse_step, detect, detector_series,
-                      probe_statistics, rank_correlation, unlabeled_response)
+from .monitor import GALLERY, HIST_EDGES, PL_TAUS, PROBE_COLUMNS, TAUS, ProbeRow, ProbeSet, probe_statistics
 
 
-__all__ = ["COLLAPSE_FLOOR", "COLLAPSE_PATIENCE", "COLLAPSE_RATIO", "GALLERY", "HIST_EDGES", "PL_TAUS", "PROBE_COLUMNS",
-           "ProbeRow", "TAUS", "Prober", "collapse_index", "collapse_step", "detect", "detector_series", "rank_correlation",
-           "unlabeled_response"]
+__all__ = ["GALLERY", "HIST_EDGES", "PL_TAUS", "PROBE_COLUMNS", "ProbeRow", "TAUS", "Prober"]
 
 
 class Prober:

@@ -71,7 +71,7 @@ def collapsed_end(step):
     """The manifest's end of a run stopped by train.stop_on_collapse."""
     return dict(status="collapsed", collapse_step=step, reason=(
         f"collapsed since step {step}: its unlabeled response or pseudo-label quality and its pseudo-label "
-        "quantity or AP fell together (collapse.monitor.detect)"))
+        "quantity or AP fell together (collapse.detector.detect)"))
 
 
 def timing_account(timing, steps, data_clock):

@@ -9,7 +9,7 @@ import pytest
 
 import analysis
 from collapse.cli import main
-from collapse.probes import collapse_index, collapse_step
+from collapse.detector import collapse_index, collapse_step
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "golden_results")
 

@@ -229,7 +229,7 @@ def test_the_detector_needs_two_signals_on_constructed_curves(tmp_path):
     """A healthy run whose peaks flatten (response down, pseudo-labels and AP kept) is not flagged; a collapse
     onto wrong locations (response kept, quality and AP lost) is; so is a slow fade to 0.55 of the peak
     (response and quantity); the one-signal rule of before flagged the first and missed the other two."""
-    from collapse.monitor import collapse_step, detect
+    from collapse.detector import collapse_step, detect
     steps = [0, 100, 200, 300, 400, 500]
     flat = [0.6] * 6
     cases = {  # response, quantity, quality, AP -> flagged

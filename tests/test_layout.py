@@ -122,6 +122,16 @@ def test_every_path_link_and_section_the_docs_name_exists():
     assert len(open(pages[0]).read().splitlines()) <= 200  # the README is a front door; the rest is in docs/
 
 
+def test_modules_fit_in_350_lines_and_the_loop_in_200():
+    """Every module of collapse/ and analysis/ is small enough to read whole; the training loop fits a screen."""
+    import glob
+    sizes = {os.path.relpath(p, REPO): len(open(p).read().splitlines())
+             for p in glob.glob(os.path.join(REPO, "collapse", "**", "*.py"), recursive=True)
+             + glob.glob(os.path.join(REPO, "analysis", "*.py"))}
+    assert len(sizes) > 50 and sizes["collapse/train/loop.py"] <= 200
+    assert {p: n for p, n in sizes.items() if n > 350} == {}
+
+
 def test_methods_import_only_errors_views_the_context_and_their_registry(synth_root):
     """A method states a loss recipe: it may import the error types, the view and heatmap operations
     (augment, heatmaps, occlude), the context and the other method modules, never the data, models, trainer

@@ -5,7 +5,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from .. import distributed, runs
+from .. import detector, distributed, runs
 from ..board import Board
 from ..device import Stopwatch, use_bf16
 from ..draws import Draws
@@ -13,7 +13,7 @@ from ..evaluate import evaluate_nets
 from ..methods import Context, build_method, is_loss
 from ..models import check_model
 from ..monitor import write_gallery
-from ..probes import PROBE_COLUMNS, Prober, ProbeRow, detect, detector_series
+from ..probes import PROBE_COLUMNS, Prober, ProbeRow
 from . import checkpoint
 from .losses import LossLog, NonFiniteLoss  # noqa: F401  (NonFiniteLoss: re-exported, the run's failure)
 from .setup import assemble_data, build_nets, fresh_net, reset_net, start
@@ -167,7 +167,7 @@ class Trainer:
             if self.board:
                 self.board.probe(self.step, self.probes, self.prober.histograms, len(self.nets))
             if t.stop_on_collapse:
-                collapsed, _ = detect(**detector_series(self.probes, self.metrics), ratio=t.collapse_ratio)
+                collapsed, _ = detector.detect(**detector.detector_series(self.probes, self.metrics), ratio=t.collapse_ratio)
         if t.stop_on_collapse and self.world.size > 1:
             collapsed = distributed.from_main(collapsed, self.device)
         return collapsed
