@@ -40,8 +40,10 @@ def test_cutmix_fills_boxes_from_one_partner_at_the_same_place():
 
 def test_joint_cut_occlusion_pastes_a_source_patch_and_keeps_the_rest():
     x, joints = _images(), _joints()
-    draws = Draws(torch.Generator().manual_seed(3))
+    joints[::2, :, 0] = joints[::2, :, 0].round() % 2 * 47  # half the images' joints on their left or right edge:
+    draws = Draws(torch.Generator().manual_seed(3))          # patches taken there leave their source image
     y = joint_cut_occlusion(x, joints, draws, pairs=1)
+    assert (y == 0).all(1).any()  # the pixels a patch brings from outside its source: the fill (images are never 0)
     found_count = []
     for i in range(len(x)):
         changed = (y[i] != x[i]).any(0)
