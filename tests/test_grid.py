@@ -124,8 +124,8 @@ def test_ray_executor_runs_a_small_grid_on_a_local_ray(tmp_path, synth_root, cap
 
 
 def test_shipped_grids_expand(tmp_path):
-    sizes = {"demo": 9, "failed_attempts": 51, "dual_vs_single": 45, "imbalance": 45, "comparison": 135,
-             "later_recipes": 40, "later_factors": 35}
+    sizes = {"demo": 9, "failed_attempts": 85, "dual_vs_single": 45, "imbalance": 45, "comparison": 135,
+             "later_recipes": 40, "later_factors": 35, "consistency_at_1k_w32": 9}
     for name, n in sizes.items():
         runs = expand(f"configs/grids/{name}.yaml", str(tmp_path))
         assert len(runs) == n, name
