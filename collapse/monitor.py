@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 
 from . import runs
+from .detector import COLLAPSE_RATIO, collapse_index, detect, detector_series, unlabeled_response
 from .errors import UserError
 from .heatmaps import decode, gaussian_targets
-from .detector import COLLAPSE_RATIO, collapse_index, detect, detector_series, unlabeled_response
 from .models import evaluating
 
 TAUS = (0.1, 0.2, 0.3, 0.4, 0.5)
